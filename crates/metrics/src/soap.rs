@@ -1,0 +1,1 @@
+//! Task 4 text scores: BLEU, ROUGE and METEOR (work in progress on branch soap-metrics).

@@ -1,0 +1,1 @@
+//! Task 6 classification scores (work in progress on branch tnm-metrics).
