@@ -1,1 +1,43 @@
-fn main() {}
+//! `clinstruct`: one offline binary that turns clinical text into structure.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+#[derive(Parser)]
+#[command(
+    name = "clinstruct",
+    version,
+    about = "Turn clinical text into structure, offline: SOAP notes from doctor–patient dialogues, TNM stages from pathology reports",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Corpus tools: statistics, synthetic corpora and splits.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Run the main job on the bundled sample corpora (the quickstart).
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(cmd) => commands::data::run(cmd),
+        Command::Demo(args) => commands::demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
