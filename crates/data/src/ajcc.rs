@@ -136,7 +136,10 @@ pub fn normalize(stage: Stage, raw: &str) -> Result<AjccValue, AjccError> {
         return Err(AjccError::Unparsable { stage });
     };
     let (prefix, rest) = (&lower[..pos], &lower[pos + 1..]);
-    if !prefix.chars().all(|c| matches!(c, 'c' | 'p' | 'y' | 'r' | 'a' | 'u')) || prefix.len() > 3
+    if !prefix
+        .chars()
+        .all(|c| matches!(c, 'c' | 'p' | 'y' | 'r' | 'a' | 'u'))
+        || prefix.len() > 3
     {
         return Err(AjccError::Unparsable { stage });
     }
@@ -230,7 +233,17 @@ mod tests {
 
     #[test]
     fn not_determinable_is_missing() {
-        for s in ["TX", "pTX", "T0", "Tis", "pTis(DCIS)", "", "  ", "Unknown", "'--"] {
+        for s in [
+            "TX",
+            "pTX",
+            "T0",
+            "Tis",
+            "pTis(DCIS)",
+            "",
+            "  ",
+            "Unknown",
+            "'--",
+        ] {
             assert_eq!(cat(Stage::T, s), None, "{s}");
         }
         assert_eq!(cat(Stage::N, "NX"), None);

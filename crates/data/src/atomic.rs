@@ -6,7 +6,10 @@ use std::path::Path;
 
 use crate::error::{DataError, Result};
 
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -49,7 +52,15 @@ mod tests {
             Err(std::io::Error::other("interrupted"))
         });
         assert!(err.is_err());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "hello", "old file intact");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp left");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "hello",
+            "old file intact"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 }

@@ -211,7 +211,9 @@ fn id_texts(table: &Table, text_col: usize) -> Result<Vec<IdText>> {
 /// Writes examples as the official CSV (`id,note,dialogue`) when the path ends in `.csv`, else as
 /// JSONL (`{"id","dialogue","note"}`, plus `icd10` when known). Atomic.
 pub fn write_corpus(path: &Path, examples: &[SoapExample]) -> Result<()> {
-    let csv_out = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let csv_out = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     crate::atomic::write_atomic(path, |w| {
         if csv_out {
             let mut out = csv::Writer::from_writer(w);
@@ -226,7 +228,8 @@ pub fn write_corpus(path: &Path, examples: &[SoapExample]) -> Result<()> {
             out.flush()
         } else {
             for e in examples {
-                let mut obj = serde_json::json!({"id": e.id, "dialogue": e.dialogue, "note": e.note});
+                let mut obj =
+                    serde_json::json!({"id": e.id, "dialogue": e.dialogue, "note": e.note});
                 if let Some(code) = &e.icd10 {
                     obj["icd10"] = serde_json::Value::String(code.clone());
                 }

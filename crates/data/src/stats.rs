@@ -167,7 +167,11 @@ impl LabelsByStage {
     }
 
     fn render(&self, out: &mut String, indent: &str) {
-        for (stage, d) in [(Stage::T, &self.t), (Stage::N, &self.n), (Stage::M, &self.m)] {
+        for (stage, d) in [
+            (Stage::T, &self.t),
+            (Stage::N, &self.n),
+            (Stage::M, &self.m),
+        ] {
             let _ = writeln!(out, "{indent}{}", d.render(stage));
         }
     }
@@ -189,6 +193,8 @@ pub struct TnmStats {
     pub file: String,
     pub format: crate::tnm::TnmFormat,
     pub rows_read: usize,
+    /// What a record is: "reports" for report corpora, "patients" for label files.
+    pub unit: &'static str,
     pub records: usize,
     pub dropped: Vec<Dropped>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,6 +263,11 @@ impl TnmStats {
             file: corpus.path.display().to_string(),
             format: corpus.format,
             rows_read: corpus.rows_read,
+            unit: if corpus.has_text() {
+                "reports"
+            } else {
+                "patients"
+            },
             records: all.len(),
             dropped: dropped(&corpus.dropped),
             join,
@@ -275,13 +286,19 @@ impl TnmStats {
         let _ = writeln!(out, "{} ({:?}, TNM)", self.file, self.format);
         let _ = writeln!(
             out,
-            "rows read {} · records kept {}",
-            self.rows_read, self.records
+            "rows read {} · {} {}",
+            self.rows_read, self.unit, self.records
         );
         for d in &self.dropped {
             let _ = writeln!(out, "  dropped {}: {}", d.count, d.reason);
         }
-        if let Some(j) = &self.join {
+        if let Some(j) = self.join.as_ref().filter(|_| self.unit == "patients") {
+            let _ = writeln!(
+                out,
+                "outer join of {} label files by patient barcode",
+                j.label_files.len() + 1
+            );
+        } else if let Some(j) = &self.join {
             let _ = writeln!(
                 out,
                 "label files joined: {} ({} patients) · records matched {} · label patients without a report {} · conflicts {} (corpus value kept)",
@@ -295,11 +312,7 @@ impl TnmStats {
         let _ = writeln!(out, "labels:");
         self.labels.render(&mut out, "  ");
         let c = &self.coverage;
-        let patterns: Vec<String> = c
-            .patterns
-            .iter()
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect();
+        let patterns: Vec<String> = c.patterns.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             out,
             "coverage: all three {} · two {} · one {} · none {}  ({})",
@@ -312,7 +325,11 @@ impl TnmStats {
         let _ = writeln!(out, "fully labelled ({}):", c.all_three);
         self.fully_labelled.render(&mut out, "  ");
         if self.post_therapy > 0 {
-            let _ = writeln!(out, "post-therapy (y-prefixed) labels: {}", self.post_therapy);
+            let _ = writeln!(
+                out,
+                "post-therapy (y-prefixed) labels: {}",
+                self.post_therapy
+            );
         }
         if !self.cancer_types.is_empty() {
             let types: Vec<String> = self
@@ -469,7 +486,10 @@ mod tests {
 
     #[test]
     fn speaker_styles() {
-        assert_eq!(speaker_tag_style("[doctor]: hi\n\n[patient]: hi"), "[doctor]:");
+        assert_eq!(
+            speaker_tag_style("[doctor]: hi\n\n[patient]: hi"),
+            "[doctor]:"
+        );
         assert_eq!(speaker_tag_style("[doctor] hi"), "[doctor] (no colon)");
         assert_eq!(speaker_tag_style("**Doctor:** hi"), "**Doctor:**");
         assert_eq!(speaker_tag_style("Doctor: hi"), "Doctor:");

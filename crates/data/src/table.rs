@@ -180,13 +180,17 @@ fn read_jsonl(path: &Path, bytes: &[u8]) -> Result<Table> {
         if text.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| DataError::Json {
-                path: path.to_path_buf(),
-                line,
-                // serde's message carries a column, never the offending text.
-                message: e.to_string(),
-            })?;
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DataError::Json {
+            path: path.to_path_buf(),
+            line,
+            // serde's message names a column, never the offending text; its own
+            // "line 1" would only confuse, the line is ours.
+            message: {
+                let full = e.to_string();
+                let what = full.split(" at line ").next().unwrap_or(&full).to_string();
+                format!("{what} (column {})", e.column())
+            },
+        })?;
         let serde_json::Value::Object(map) = value else {
             return Err(DataError::Json {
                 path: path.to_path_buf(),

@@ -46,7 +46,10 @@ impl TnmLabels {
 
     /// How many of the three stages carry a label.
     pub fn count(&self) -> usize {
-        Stage::ALL.iter().filter(|s| self.get(**s).is_some()).count()
+        Stage::ALL
+            .iter()
+            .filter(|s| self.get(**s).is_some())
+            .count()
     }
 }
 
@@ -98,7 +101,7 @@ pub fn tcga_barcode(id: &str) -> Option<String> {
         && bytes[7] == b'-'
         && bytes[5..7].iter().all(u8::is_ascii_alphanumeric)
         && bytes[8..12].iter().all(u8::is_ascii_alphanumeric);
-    (shape_ok && id.len() == 12 || shape_ok && !id.as_bytes()[12].is_ascii_alphanumeric())
+    (shape_ok && (id.len() == 12 || !id.as_bytes()[12].is_ascii_alphanumeric()))
         .then(|| b.to_string())
 }
 
@@ -112,17 +115,20 @@ fn label_error(path: &Path, row: &Row, field: &str, value: &str, stage: Stage) -
     }
 }
 
-fn parse_code_field(path: &Path, row: &Row, field: &str, value: &str, stage: Stage) -> Result<Option<u8>> {
+fn parse_code_field(
+    path: &Path,
+    row: &Row,
+    field: &str,
+    value: &str,
+    stage: Stage,
+) -> Result<Option<u8>> {
     ajcc::parse_code(stage, value).map_err(|e| match e {
         CodeError::OutOfRange => label_error(path, row, field, value, stage),
         CodeError::NotANumber | CodeError::NotAnInteger => DataError::BadField {
             path: path.to_path_buf(),
             line: row.line,
             field: field.to_string(),
-            message: format!(
-                "{value:?} is not an integer code ({})",
-                stage.range_text()
-            ),
+            message: format!("{value:?} is not an integer code ({})", stage.range_text()),
         },
     })
 }
@@ -201,9 +207,13 @@ fn check_unique_ids(path: &Path, records: &[TnmRecord]) -> Result<()> {
 const FORMATS_EXPECTED: &str = "an official Task 6 file (patient_filename,text[,t,n,m]), a Kefeli file (patient_filename,label,text), a GDC label file (ajcc_pathologic_t|n|m,case_submitter_id) or JSONL ({\"id\",\"text\",\"t\",\"n\",\"m\"})";
 
 fn detect_format(table: &Table) -> Result<TnmFormat> {
-    let gdc = ["ajcc_pathologic_t", "ajcc_pathologic_n", "ajcc_pathologic_m"]
-        .iter()
-        .any(|c| table.has(c));
+    let gdc = [
+        "ajcc_pathologic_t",
+        "ajcc_pathologic_n",
+        "ajcc_pathologic_m",
+    ]
+    .iter()
+    .any(|c| table.has(c));
     if gdc {
         table.require("case_submitter_id")?;
         return Ok(TnmFormat::GdcLabels);
@@ -220,8 +230,11 @@ fn detect_format(table: &Table) -> Result<TnmFormat> {
     if has_id && table.has("text") {
         return Ok(TnmFormat::Official);
     }
-    if table.has("text") || table.has("t") {
-        // Looks like a TNM corpus but lacks its id column: name the column it needs.
+    // Looks like a TNM corpus but lacks a column: name the one it needs.
+    if has_id && ["t", "n", "m", "label"].iter().any(|c| table.has(c)) {
+        table.require("text")?;
+    }
+    if table.has("text") {
         table.require("patient_filename")?;
     }
     Err(DataError::UnknownFormat {
@@ -464,7 +477,9 @@ impl TnmCorpus {
 /// Writes records as the official CSV (`patient_filename,text,t,n,m`, blank = missing) when the
 /// path ends in `.csv`, else as JSONL (`{"id","text","t","n","m","cancer_type"}`). Atomic.
 pub fn write_corpus(path: &Path, records: &[TnmRecord]) -> Result<()> {
-    let csv_out = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    let csv_out = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     crate::atomic::write_atomic(path, |w| {
         if csv_out {
             let mut out = csv::Writer::from_writer(w);
@@ -507,7 +522,10 @@ mod tests {
             tcga_barcode("TCGA-05-4245.902fe548-5b93-49c9-81db-2af4a4a88f3c").as_deref(),
             Some("TCGA-05-4245")
         );
-        assert_eq!(tcga_barcode("TCGA-AR-A5QQ").as_deref(), Some("TCGA-AR-A5QQ"));
+        assert_eq!(
+            tcga_barcode("TCGA-AR-A5QQ").as_deref(),
+            Some("TCGA-AR-A5QQ")
+        );
         assert_eq!(tcga_barcode("TNM_0001"), None);
         assert_eq!(tcga_barcode("TCGA-05-4245X"), None);
         assert_eq!(tcga_barcode("tcga"), None);

@@ -7,9 +7,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use clinstruct_data::soap::{self, SoapCorpus};
 use clinstruct_data::split::{DEFAULT_DEV_FRACTION, train_dev_split};
 use clinstruct_data::stats::{SoapStats, TnmStats};
+use clinstruct_data::synth;
 use clinstruct_data::table::Table;
 use clinstruct_data::tnm::{self, TnmCorpus};
-use clinstruct_data::synth;
 
 use super::print_json;
 
@@ -183,7 +183,10 @@ fn split(a: SplitArgs) -> Result<()> {
         Task::Tnm => {
             let c = TnmCorpus::from_table(table)?;
             if !c.has_text() {
-                bail!("{}: a label file has no report texts to split", a.file.display());
+                bail!(
+                    "{}: a label file has no report texts to split",
+                    a.file.display()
+                );
             }
             let (train, dev) = train_dev_split(c.records, a.dev_fraction, a.seed);
             tnm::write_corpus(&train_file, &train)?;

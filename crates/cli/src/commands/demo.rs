@@ -1,12 +1,70 @@
-//! `clinstruct demo`: the quickstart's main job on the embedded default. Today it exercises the
-//! corpus layer on the bundled samples; later stages add the stager and the note generator.
+//! `clinstruct demo`: the quickstart's main job on the embedded default. It runs every stage that
+//! exists today on corpora compiled into the binary, so it works on a fresh machine with no
+//! files and no network.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
+use clinstruct_data::soap::{self, SoapCorpus};
+use clinstruct_data::split::{DEFAULT_DEV_FRACTION, train_dev_split};
+use clinstruct_data::stats::{SoapStats, TnmStats};
+use clinstruct_data::synth;
+use clinstruct_data::table::Table;
+use clinstruct_data::tnm::{self, TnmCorpus};
+
+/// 60 invented TCGA-style reports and 30 invented dialogue/SOAP pairs (data/README.md).
+const TNM_SAMPLE: &[u8] = include_bytes!("../../../../data/samples/tnm-reports.jsonl");
+const SOAP_SAMPLE: &[u8] = include_bytes!("../../../../data/samples/soap-pairs.jsonl");
 
 #[derive(Args)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// Where the demo writes its synthetic corpora and splits.
+    #[arg(long, default_value = "clinstruct-demo")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
 
-pub fn run(_args: DemoArgs) -> Result<()> {
+pub fn run(args: DemoArgs) -> Result<()> {
+    println!("== 1. Bundled TNM sample (pathology reports)");
+    let tnm_sample = TnmCorpus::from_table(Table::from_bytes(
+        Path::new("<bundled>/tnm-reports.jsonl"),
+        TNM_SAMPLE,
+    )?)?;
+    print!("{}", TnmStats::compute(&tnm_sample, None, None).render());
+
+    println!("\n== 2. Bundled SOAP sample (dialogue → note pairs)");
+    let soap_sample = SoapCorpus::from_table(Table::from_bytes(
+        Path::new("<bundled>/soap-pairs.jsonl"),
+        SOAP_SAMPLE,
+    )?)?;
+    print!("{}", SoapStats::compute(&soap_sample, None).render());
+
+    println!(
+        "\n== 3. Synthetic corpora, cleaned and split (seed {})",
+        args.seed
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let reports = synth::tnm_reports(500, args.seed);
+    let (train, dev) = train_dev_split(reports, DEFAULT_DEV_FRACTION, args.seed);
+    tnm::write_corpus(&args.out.join("tnm-train.jsonl"), &train)?;
+    tnm::write_corpus(&args.out.join("tnm-dev.jsonl"), &dev)?;
+    println!(
+        "TNM: {} train / {} dev reports → {}",
+        train.len(),
+        dev.len(),
+        args.out.display()
+    );
+    let pairs = synth::soap_pairs(200, args.seed);
+    let (train, dev) = train_dev_split(pairs, DEFAULT_DEV_FRACTION, args.seed);
+    soap::write_corpus(&args.out.join("soap-train.jsonl"), &train)?;
+    soap::write_corpus(&args.out.join("soap-dev.jsonl"), &dev)?;
+    println!(
+        "SOAP: {} train / {} dev pairs → {}",
+        train.len(),
+        dev.len(),
+        args.out.display()
+    );
     Ok(())
 }

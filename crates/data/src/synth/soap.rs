@@ -86,7 +86,10 @@ const CONDITIONS: &[Condition] = &[
                 frequency: "once daily",
             },
         ],
-        tests: &["Repeat hemoglobin A1c in three months", "Dilated eye examination"],
+        tests: &[
+            "Repeat hemoglobin A1c in three months",
+            "Dilated eye examination",
+        ],
         advice: "follow a carbohydrate-consistent diet and check fasting glucose every morning",
     },
     Condition {
@@ -259,13 +262,36 @@ const FIRST_NAMES: &[&str] = &[
     "Ingrid", "Luis", "Hannah", "Wei", "Fatima", "Jonas",
 ];
 const LAST_NAMES: &[&str] = &[
-    "Halvorsen", "Okafor", "Lindqvist", "Moreau", "Castellano", "Nakamura", "Brennan", "Adeyemi",
-    "Kowalczyk", "Fontaine", "Haddad", "Sorensen",
+    "Halvorsen",
+    "Okafor",
+    "Lindqvist",
+    "Moreau",
+    "Castellano",
+    "Nakamura",
+    "Brennan",
+    "Adeyemi",
+    "Kowalczyk",
+    "Fontaine",
+    "Haddad",
+    "Sorensen",
 ];
 const DOCTORS: &[&str] = &[
-    "Reyes", "Patel", "Whitfield", "Novak", "Abernathy", "Chen", "Morrison", "Iyer",
+    "Reyes",
+    "Patel",
+    "Whitfield",
+    "Novak",
+    "Abernathy",
+    "Chen",
+    "Morrison",
+    "Iyer",
 ];
-const DURATIONS: &[&str] = &["three days", "about a week", "two weeks", "a month", "several months"];
+const DURATIONS: &[&str] = &[
+    "three days",
+    "about a week",
+    "two weeks",
+    "a month",
+    "several months",
+];
 
 #[derive(Clone, Copy)]
 enum Tags {
@@ -338,7 +364,11 @@ fn one_pair(g: &mut Gen, i: usize) -> SoapExample {
     }
     for neg in c.negatives {
         say(true, format!("Have you noticed any {neg}?"));
-        say(false, g.pick(&["No, none of that.", "No.", "Not that I've noticed."]).to_string());
+        say(
+            false,
+            g.pick(&["No, none of that.", "No.", "Not that I've noticed."])
+                .to_string(),
+        );
     }
     say(
         true,
@@ -356,7 +386,10 @@ fn one_pair(g: &mut Gen, i: usize) -> SoapExample {
     }
     say(
         true,
-        format!("This looks like {}. {}", c.name, "Here is what I'd like to do."),
+        format!(
+            "This looks like {}. {}",
+            c.name, "Here is what I'd like to do."
+        ),
     );
     for m in c.meds {
         say(
@@ -401,7 +434,9 @@ fn one_pair(g: &mut Gen, i: usize) -> SoapExample {
         c.complaint,
         c.story
             .iter()
-            .map(|s| s.replace("I've", "The patient has").replace("I'm", "The patient is"))
+            .map(|s| s
+                .replace("I've", "The patient has")
+                .replace("I'm", "The patient is"))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -471,8 +506,10 @@ mod tests {
     fn pairs_look_like_medsynth() {
         let pairs = soap_pairs(60, 3);
         assert_eq!(pairs.len(), 60);
-        let styles: std::collections::HashSet<&str> =
-            pairs.iter().map(|p| speaker_tag_style(&p.dialogue)).collect();
+        let styles: std::collections::HashSet<&str> = pairs
+            .iter()
+            .map(|p| speaker_tag_style(&p.dialogue))
+            .collect();
         assert_eq!(styles.len(), 3, "all three speaker-tag styles appear");
         for p in &pairs {
             let note = p.note.as_deref().unwrap();
@@ -480,12 +517,24 @@ mod tests {
             assert!(note.contains("**1. Subjective:**") && note.contains("**4. Plan:**"));
             // Vitals in the note are spoken in the dialogue.
             let bp_line = note.lines().find(|l| l.contains("Blood Pressure")).unwrap();
-            let sys = bp_line.split_whitespace().nth(3).unwrap().split('/').next().unwrap();
+            let sys = bp_line
+                .split_whitespace()
+                .nth(3)
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap();
             assert!(p.dialogue.contains(&format!("{sys} over")));
         }
         assert_eq!(
-            soap_pairs(5, 3).iter().map(|p| p.note.clone()).collect::<Vec<_>>(),
-            pairs[..5].iter().map(|p| p.note.clone()).collect::<Vec<_>>()
+            soap_pairs(5, 3)
+                .iter()
+                .map(|p| p.note.clone())
+                .collect::<Vec<_>>(),
+            pairs[..5]
+                .iter()
+                .map(|p| p.note.clone())
+                .collect::<Vec<_>>()
         );
     }
 }

@@ -48,7 +48,12 @@ const ORGANS: &[Organ] = &[
         max_n: 3,
         n_counts: [(0, 0), (1, 3), (4, 9), (10, 16)],
         node_sites: ["axillary lymph nodes"; 4],
-        sizes: [Some((0.4, 1.9)), Some((2.2, 4.8)), Some((5.3, 9.0)), Some((2.0, 8.0))],
+        sizes: [
+            Some((0.4, 1.9)),
+            Some((2.2, 4.8)),
+            Some((5.3, 9.0)),
+            Some((2.0, 8.0)),
+        ],
     },
     Organ {
         code: "COAD",
@@ -105,11 +110,19 @@ const ORGANS: &[Organ] = &[
             "subcarinal and ipsilateral mediastinal lymph nodes (stations 4R and 7)",
             "contralateral mediastinal lymph nodes",
         ],
-        sizes: [Some((0.8, 2.9)), Some((3.2, 4.8)), Some((2.5, 4.5)), Some((3.0, 4.5))],
+        sizes: [
+            Some((0.8, 2.9)),
+            Some((3.2, 4.8)),
+            Some((2.5, 4.5)),
+            Some((3.0, 4.5)),
+        ],
     },
     Organ {
         code: "STAD",
-        specimen: &["Stomach, subtotal gastrectomy", "Stomach, total gastrectomy"],
+        specimen: &[
+            "Stomach, subtotal gastrectomy",
+            "Stomach, total gastrectomy",
+        ],
         histology: &[
             "Adenocarcinoma, intestinal type",
             "Signet ring cell carcinoma, diffuse type",
@@ -117,7 +130,9 @@ const ORGANS: &[Organ] = &[
         t_findings: [
             &["the tumor invades the submucosa"],
             &["the tumor invades the muscularis propria"],
-            &["the tumor penetrates the subserosal connective tissue without invasion of the serosa"],
+            &[
+                "the tumor penetrates the subserosal connective tissue without invasion of the serosa",
+            ],
             &["the tumor perforates the serosa (visceral peritoneum)"],
         ],
         max_n: 3,
@@ -127,7 +142,10 @@ const ORGANS: &[Organ] = &[
     },
     Organ {
         code: "KIRC",
-        specimen: &["Kidney, left, radical nephrectomy", "Kidney, right, partial nephrectomy"],
+        specimen: &[
+            "Kidney, left, radical nephrectomy",
+            "Kidney, right, partial nephrectomy",
+        ],
         histology: &[
             "Clear cell renal cell carcinoma, ISUP grade 2",
             "Clear cell renal cell carcinoma, ISUP grade 3",
@@ -135,13 +153,21 @@ const ORGANS: &[Organ] = &[
         t_findings: [
             &["the tumor measures {size} cm and is limited to the kidney"],
             &["the tumor measures {size} cm and is limited to the kidney"],
-            &["the tumor extends into the renal vein", "the tumor invades perinephric fat"],
+            &[
+                "the tumor extends into the renal vein",
+                "the tumor invades perinephric fat",
+            ],
             &["the tumor invades beyond Gerota's fascia"],
         ],
         max_n: 1,
         n_counts: [(0, 0), (1, 3), (0, 0), (0, 0)],
         node_sites: ["hilar lymph nodes"; 4],
-        sizes: [Some((1.5, 6.8)), Some((7.5, 12.0)), Some((4.0, 9.0)), Some((8.0, 14.0))],
+        sizes: [
+            Some((1.5, 6.8)),
+            Some((7.5, 12.0)),
+            Some((4.0, 9.0)),
+            Some((8.0, 14.0)),
+        ],
     },
     Organ {
         code: "THCA",
@@ -153,13 +179,20 @@ const ORGANS: &[Organ] = &[
         t_findings: [
             &["the tumor measures {size} cm and is confined to the thyroid"],
             &["the tumor measures {size} cm and is confined to the thyroid"],
-            &["the tumor measures {size} cm with gross extrathyroidal extension into strap muscles"],
+            &[
+                "the tumor measures {size} cm with gross extrathyroidal extension into strap muscles",
+            ],
             &["the tumor invades the trachea and recurrent laryngeal nerve"],
         ],
         max_n: 1,
         n_counts: [(0, 0), (1, 6), (0, 0), (0, 0)],
         node_sites: ["central compartment lymph nodes"; 4],
-        sizes: [Some((0.3, 1.9)), Some((2.1, 3.9)), Some((4.2, 6.0)), Some((2.0, 5.0))],
+        sizes: [
+            Some((0.3, 1.9)),
+            Some((2.1, 3.9)),
+            Some((4.2, 6.0)),
+            Some((2.0, 5.0)),
+        ],
     },
 ];
 
@@ -228,7 +261,10 @@ fn one_report(g: &mut Gen, i: usize) -> TnmRecord {
         " Accession #: {acc} Patient: [REDACTED] MRN: XXXXXXX Collected: XX/XX/XXXX SPECIMEN(S) RECEIVED: A. {specimen}"
     ));
     if nodes_examined {
-        s.push_str(&format!(" B. Lymph nodes, {}", organ.node_sites[n as usize]));
+        s.push_str(&format!(
+            " B. Lymph nodes, {}",
+            organ.node_sites[n as usize]
+        ));
     }
     if m == Some(1) {
         s.push_str(" C. Liver, segment VI, wedge biopsy");
@@ -272,7 +308,9 @@ fn one_report(g: &mut Gen, i: usize) -> TnmRecord {
         s.push_str(" No lymph nodes are identified in the specimen.");
     }
     if m == Some(1) {
-        s.push_str(" C. LIVER, WEDGE BIOPSY: - Metastatic carcinoma, consistent with the primary tumor.");
+        s.push_str(
+            " C. LIVER, WEDGE BIOPSY: - Metastatic carcinoma, consistent with the primary tumor.",
+        );
     }
     s.push_str(&format!(
         " GROSS DESCRIPTION: Received in formalin labeled with the patient's name is a {} specimen.",
@@ -357,7 +395,11 @@ mod tests {
         for stage in Stage::ALL {
             let present: std::collections::HashSet<u8> =
                 a.iter().filter_map(|r| r.labels.get(stage)).collect();
-            assert_eq!(present.len(), stage.num_classes(), "{stage} covers all classes");
+            assert_eq!(
+                present.len(),
+                stage.num_classes(),
+                "{stage} covers all classes"
+            );
         }
     }
 
