@@ -234,7 +234,7 @@ impl TnmScores {
     }
 }
 
-/// Relative tolerance of [`validate`] for probability sums: `|Σp − 1| ≤ 1e-3`.
+/// Absolute tolerance of [`validate_probabilities`] for probability sums: `|Σp − 1| ≤ 1e-3`.
 pub const PROB_SUM_TOLERANCE: f64 = 1e-3;
 
 /// A problem with one report's input, located by 0-based report index and stage.

@@ -305,9 +305,10 @@ impl OvrError {
     }
 }
 
-/// numpy's `allclose(1, s)` for one value: `|1 - s| <= atol + rtol·|s|`, rtol 1e-5, atol 1e-8.
+/// numpy's `allclose(1, s)` for one value: `|1 - s| <= atol + rtol·|s|`, rtol 1e-5, atol 1e-8;
+/// an infinite or NaN `s` (a row sum that overflowed) is never close to 1.
 fn np_isclose_one(s: f64) -> bool {
-    (1.0 - s).abs() <= 1e-8 + 1e-5 * s.abs()
+    s.is_finite() && (1.0 - s).abs() <= 1e-8 + 1e-5 * s.abs()
 }
 
 /// The one-vs-rest AUC of each label column (`roc_auc_score((y == k), probs[:, k])`), NaN where
