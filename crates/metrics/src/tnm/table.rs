@@ -62,8 +62,7 @@ pub fn render_table(s: &TnmScores) -> String {
             } else {
                 String::new()
             };
-            let _ = writeln!(
-                o,
+            let line = format!(
                 "{:<5} {:<5} {:>8.4} {:>8.4} {:>8.4} {:>8} {:>9} {:>8}",
                 stage.name(),
                 cs.class,
@@ -74,6 +73,7 @@ pub fn render_table(s: &TnmScores) -> String {
                 cs.predicted,
                 ovr
             );
+            let _ = writeln!(o, "{}", line.trim_end());
         }
     }
 
