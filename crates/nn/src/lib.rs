@@ -1,0 +1,25 @@
+//! Differentiable building blocks for clinstruct's models, on candle-core/candle-nn.
+//!
+//! Why our own: several of candle's fused ops (`rope`, `rms_norm`, `layer_norm`,
+//! `softmax_last_dim`, `sdpa`) are forward-only and silently cut gradients
+//! (shared/docs/candle-findings.md). Every block here is built from ops with a backward pass, so
+//! the same model code serves inference and training. Fused fast paths, where they are added,
+//! come with their own backward.
+//!
+//! - [`linear`]: the linear layer every model uses (the training engine swaps its base).
+//! - [`norm`]: RMSNorm (plain and Gemma's `1 + w`) and LayerNorm with optional bias.
+//! - [`rope`]: rotary embeddings with default, linear, llama3 and YaRN frequency scaling.
+//! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders.
+//! - [`kv_cache`]: the key/value cache for generation.
+//! - [`weights`]: one way for model code to get tensors from safetensors, a `VarMap` or GGUF.
+
+pub mod attention;
+pub mod kv_cache;
+pub mod linear;
+pub mod norm;
+pub mod rope;
+pub mod weights;
+
+pub use candle_core::{DType, Device, Result, Tensor};
+pub use linear::Linear;
+pub use weights::Weights;
