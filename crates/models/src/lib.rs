@@ -6,5 +6,7 @@
 //! full-sequence outputs, so the same code serves inference and training.
 
 pub mod checkpoint;
+pub mod lm;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use lm::{CausalLm, LmCache, LmInfo};
