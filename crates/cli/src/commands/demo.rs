@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+
+use super::out;
 use clap::Args;
 use clinstruct_data::soap::{self, SoapCorpus};
 use clinstruct_data::split::{DEFAULT_DEV_FRACTION, train_dev_split};
@@ -27,44 +29,44 @@ pub struct DemoArgs {
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
-    println!("== 1. Bundled TNM sample (pathology reports)");
+    out("== 1. Bundled TNM sample (pathology reports)\n")?;
     let tnm_sample = TnmCorpus::from_table(Table::from_bytes(
         Path::new("<bundled>/tnm-reports.jsonl"),
         TNM_SAMPLE,
     )?)?;
-    print!("{}", TnmStats::compute(&tnm_sample, None, None).render());
+    out(&TnmStats::compute(&tnm_sample, None, None).render())?;
 
-    println!("\n== 2. Bundled SOAP sample (dialogue → note pairs)");
+    out("\n== 2. Bundled SOAP sample (dialogue → note pairs)\n")?;
     let soap_sample = SoapCorpus::from_table(Table::from_bytes(
         Path::new("<bundled>/soap-pairs.jsonl"),
         SOAP_SAMPLE,
     )?)?;
-    print!("{}", SoapStats::compute(&soap_sample, None).render());
+    out(&SoapStats::compute(&soap_sample, None).render())?;
 
-    println!(
-        "\n== 3. Synthetic corpora, cleaned and split (seed {})",
+    out(&format!(
+        "\n== 3. Synthetic corpora, cleaned and split (seed {})\n",
         args.seed
-    );
+    ))?;
     std::fs::create_dir_all(&args.out)?;
     let reports = synth::tnm_reports(500, args.seed);
     let (train, dev) = train_dev_split(reports, DEFAULT_DEV_FRACTION, args.seed);
     tnm::write_corpus(&args.out.join("tnm-train.jsonl"), &train)?;
     tnm::write_corpus(&args.out.join("tnm-dev.jsonl"), &dev)?;
-    println!(
-        "TNM: {} train / {} dev reports → {}",
+    out(&format!(
+        "TNM: {} train / {} dev reports → {}\n",
         train.len(),
         dev.len(),
         args.out.display()
-    );
+    ))?;
     let pairs = synth::soap_pairs(200, args.seed);
     let (train, dev) = train_dev_split(pairs, DEFAULT_DEV_FRACTION, args.seed);
     soap::write_corpus(&args.out.join("soap-train.jsonl"), &train)?;
     soap::write_corpus(&args.out.join("soap-dev.jsonl"), &dev)?;
-    println!(
-        "SOAP: {} train / {} dev pairs → {}",
+    out(&format!(
+        "SOAP: {} train / {} dev pairs → {}\n",
         train.len(),
         dev.len(),
         args.out.display()
-    );
+    ))?;
     Ok(())
 }
