@@ -1,0 +1,98 @@
+//! Character classes and string helpers with Python's exact semantics.
+//!
+//! The reference scorers mix three notions of "whitespace" and "word character"
+//! (`str.isspace`, the `regex` module's Unicode classes, stdlib `re`'s classes); a
+//! token boundary differs if we pick the wrong one, so each is named here.
+
+use std::sync::OnceLock;
+
+/// Python `str.isspace()` for one character (what `str.split()`/`strip()` use).
+/// Unicode `White_Space` plus the ASCII information separators U+001C..U+001F.
+#[inline]
+pub fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// `\s` of the `regex` module (used by nltk's tokenizers): Unicode `White_Space`.
+#[inline]
+pub fn is_uni_space(c: char) -> bool {
+    c.is_whitespace()
+}
+
+fn class_match(re: &'static OnceLock<regex::Regex>, pat: &str, c: char) -> bool {
+    let re = re.get_or_init(|| regex::Regex::new(pat).expect("static regex"));
+    let mut buf = [0u8; 4];
+    re.is_match(c.encode_utf8(&mut buf))
+}
+
+/// `\w` of the `regex` module (UTS #18 word characters), as nltk's tokenizers see it.
+#[inline]
+pub fn is_regex_word(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric() || c == '_';
+    }
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    class_match(&RE, r"^\w$", c)
+}
+
+/// `\d` of the `regex` module: Unicode decimal digits (`Nd`).
+#[inline]
+pub fn is_regex_digit(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_digit();
+    }
+    static RE: OnceLock<regex::Regex> = OnceLock::new();
+    class_match(&RE, r"^\d$", c)
+}
+
+/// `\w` of Python's stdlib `re` on `str` patterns: `str.isalnum()` or `_`.
+#[inline]
+pub fn is_re_word(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_alphanumeric() || c == '_';
+    }
+    c.is_alphanumeric()
+}
+
+/// Python `str.split()` with no argument.
+pub fn py_split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(is_py_space).filter(|t| !t.is_empty())
+}
+
+/// Python `str.rstrip()` with no argument.
+pub fn py_rstrip(s: &str) -> &str {
+    s.trim_end_matches(is_py_space)
+}
+
+/// Python `str.lower()` (full Unicode mapping, final sigma included).
+pub fn py_lower(s: &str) -> String {
+    if s.is_ascii() {
+        s.to_ascii_lowercase()
+    } else {
+        s.to_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_whitespace_sets() {
+        assert!(is_py_space('\u{1c}') && !is_uni_space('\u{1c}'));
+        assert!(is_py_space('\u{a0}') && is_uni_space('\u{a0}'));
+        assert!(!is_py_space('\u{200b}'));
+        assert_eq!(
+            py_split(" a\u{a0}b\u{1f}c  ").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn word_classes() {
+        assert!(is_regex_word('é') && is_regex_word('_') && is_regex_word('\u{301}'));
+        assert!(!is_regex_word('-') && !is_regex_word('😀'));
+        assert!(is_regex_digit('٣') && !is_regex_digit('²'));
+        assert!(is_re_word('²') && is_re_word('é'));
+    }
+}
