@@ -121,9 +121,12 @@ pub fn nmt_bleu(st: &BleuStats) -> Result<Bleu, BleuError> {
         return Err(BleuError::NoPredictionTokens);
     }
     let mut precisions = [0.0; MAX_ORDER];
-    for i in 0..MAX_ORDER {
-        if st.possible[i] > 0 {
-            precisions[i] = st.matches[i] as f64 / st.possible[i] as f64;
+    for (p, (&m, &t)) in precisions
+        .iter_mut()
+        .zip(st.matches.iter().zip(&st.possible))
+    {
+        if t > 0 {
+            *p = m as f64 / t as f64;
         }
     }
     let min_p = precisions.iter().cloned().fold(f64::INFINITY, f64::min);
@@ -203,15 +206,18 @@ pub fn sacre_bleu(st: &BleuStats) -> SacreBleu {
         return out;
     }
     let mut smooth_mteval = 1.0;
-    for n in 0..MAX_ORDER {
-        if st.possible[n] == 0 {
+    for (p, (&m, &t)) in precisions
+        .iter_mut()
+        .zip(st.matches.iter().zip(&st.possible))
+    {
+        if t == 0 {
             break;
         }
-        if st.matches[n] == 0 {
+        if m == 0 {
             smooth_mteval *= 2.0;
-            precisions[n] = 100.0 / (smooth_mteval * st.possible[n] as f64);
+            *p = 100.0 / (smooth_mteval * t as f64);
         } else {
-            precisions[n] = 100.0 * st.matches[n] as f64 / st.possible[n] as f64;
+            *p = 100.0 * m as f64 / t as f64;
         }
     }
     let mut s = 0.0;
