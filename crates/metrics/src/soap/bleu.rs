@@ -1,7 +1,7 @@
 //! Corpus BLEU two ways: HF `evaluate`'s (tensorflow-nmt `compute_bleu`, the official
 //! Task 4 number) and sacreBLEU's `corpus_bleu` defaults.
 
-use std::collections::HashMap;
+use crate::soap::text::FxMap;
 
 use serde::Serialize;
 
@@ -40,7 +40,7 @@ impl BleuStats {
 
     /// Statistics of one hypothesis against one reference, both already tokenized.
     pub fn from_tokens<S: AsRef<str>>(hyp: &[S], reference: &[S]) -> BleuStats {
-        fn intern<'a, S: AsRef<str>>(ids: &mut HashMap<&'a str, u32>, toks: &'a [S]) -> Vec<u32> {
+        fn intern<'a, S: AsRef<str>>(ids: &mut FxMap<&'a str, u32>, toks: &'a [S]) -> Vec<u32> {
             let mut v = Vec::with_capacity(toks.len());
             for t in toks {
                 let n = ids.len() as u32;
@@ -48,7 +48,7 @@ impl BleuStats {
             }
             v
         }
-        let mut ids: HashMap<&str, u32> = HashMap::new();
+        let mut ids: FxMap<&str, u32> = FxMap::default();
         let h = intern(&mut ids, hyp);
         let r = intern(&mut ids, reference);
         let hc = ngram_counts(&h);
@@ -72,8 +72,8 @@ impl BleuStats {
 
 type NGram = (u8, [u32; MAX_ORDER]);
 
-fn ngram_counts(toks: &[u32]) -> HashMap<NGram, u32> {
-    let mut m = HashMap::with_capacity(toks.len() * MAX_ORDER);
+fn ngram_counts(toks: &[u32]) -> FxMap<NGram, u32> {
+    let mut m = FxMap::with_capacity_and_hasher(toks.len() * MAX_ORDER, Default::default());
     for n in 1..=MAX_ORDER {
         for w in toks.windows(n) {
             let mut key = [u32::MAX; MAX_ORDER];

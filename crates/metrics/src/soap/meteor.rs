@@ -2,7 +2,7 @@
 //! `evaluate`'s "meteor" computes per document): lowercasing, then exact, Porter-stem
 //! and WordNet-synonym alignment stages, F-mean and chunk penalty.
 
-use std::collections::HashMap;
+use crate::soap::text::FxMap;
 
 use crate::soap::porter;
 use crate::soap::text::py_lower;
@@ -35,7 +35,7 @@ type Enum = Vec<(usize, String)>;
 /// `_match_enums`: hypothesis words from last to first take the last remaining
 /// reference position of an equal word.
 fn match_enums(hyp: Enum, reference: Enum, matches: &mut Vec<(usize, usize)>) -> (Enum, Enum) {
-    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut positions: FxMap<&str, Vec<usize>> = FxMap::default();
     for (j, (_, w)) in reference.iter().enumerate() {
         positions.entry(w.as_str()).or_default().push(j);
     }
@@ -66,7 +66,7 @@ fn keep_unused(v: Enum, used: &[bool]) -> Enum {
 /// `_enum_wordnetsyn_match`: a hypothesis word (or any WordNet synonym of it) matches the
 /// remaining reference word with the highest position.
 fn wordnet_match(hyp: &Enum, reference: &Enum, matches: &mut Vec<(usize, usize)>) {
-    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut positions: FxMap<&str, Vec<usize>> = FxMap::default();
     for (j, (_, w)) in reference.iter().enumerate() {
         positions.entry(w.as_str()).or_default().push(j);
     }
@@ -128,7 +128,7 @@ pub fn single_meteor_score<S: AsRef<str>>(
     let (translation_length, reference_length) = (hyp.len(), refs.len());
     let mut matches = Vec::new();
     let (hyp, refs) = match_enums(hyp, refs, &mut matches);
-    let mut cache: HashMap<String, String> = HashMap::new();
+    let mut cache: FxMap<String, String> = FxMap::default();
     let mut stem_all = |v: Enum| -> Enum {
         v.into_iter()
             .map(|(i, w)| {

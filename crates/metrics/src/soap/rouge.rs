@@ -1,6 +1,6 @@
 //! ROUGE-1/2/L/Lsum exactly as Google's `rouge_score` 0.1.2 `RougeScorer` computes them.
 
-use std::collections::HashMap;
+use crate::soap::text::FxMap;
 
 use serde::Serialize;
 
@@ -105,7 +105,7 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
 }
 
 struct Interner<'a> {
-    ids: HashMap<&'a str, u32>,
+    ids: FxMap<&'a str, u32>,
 }
 
 impl<'a> Interner<'a> {
@@ -120,8 +120,8 @@ impl<'a> Interner<'a> {
 }
 
 fn score_ngrams(target: &[u32], pred: &[u32], n: usize) -> RougeScore {
-    fn count(t: &[u32], n: usize) -> HashMap<&[u32], u32> {
-        let mut m: HashMap<&[u32], u32> = HashMap::new();
+    fn count(t: &[u32], n: usize) -> FxMap<&[u32], u32> {
+        let mut m: FxMap<&[u32], u32> = FxMap::default();
         if t.len() >= n {
             for w in t.windows(n) {
                 *m.entry(w).or_insert(0) += 1;
@@ -268,7 +268,7 @@ pub fn score(reference: &str, prediction: &str, use_stemmer: bool) -> RougeDoc {
     let pl = lines(prediction);
 
     let mut it = Interner {
-        ids: HashMap::new(),
+        ids: FxMap::default(),
     };
     let r = it.ids(&rt);
     let p = it.ids(&pt);

@@ -5,7 +5,7 @@
 //! The table is derived from Princeton WordNet 3.0 by `scripts/data/make_soap_data.py`
 //! and embedded in the binary (see `data/WORDNET-LICENSE`); it is parsed once, lazily.
 
-use std::collections::HashMap;
+use crate::soap::text::FxMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -47,13 +47,13 @@ const SUBSTITUTIONS: [&[(&str, &str)]; N_POS] = [
 /// The parsed synonym table.
 pub struct WordNet {
     strings: Vec<Box<str>>,
-    ids: HashMap<Box<str>, u32>,
+    ids: FxMap<Box<str>, u32>,
     names: Vec<u32>,
     synsets: Vec<Range<u32>>,
     syn_ids: Vec<u32>,
-    lemmas: [HashMap<u32, Range<u32>>; N_POS],
+    lemmas: [FxMap<u32, Range<u32>>; N_POS],
     exc_ids: Vec<u32>,
-    exceptions: [HashMap<u32, Range<u32>>; N_POS],
+    exceptions: [FxMap<u32, Range<u32>>; N_POS],
 }
 
 struct Reader<'a> {
@@ -92,7 +92,7 @@ impl WordNet {
         };
         let n = r.u()? as usize;
         let mut strings = Vec::with_capacity(n);
-        let mut ids = HashMap::with_capacity(n);
+        let mut ids = FxMap::with_capacity_and_hasher(n, Default::default());
         for i in 0..n {
             let len = r.u()? as usize;
             let bytes = raw.get(r.p..r.p + len).ok_or("truncated string")?;
@@ -115,7 +115,7 @@ impl WordNet {
             synsets.push(start..names.len() as u32);
         }
         let mut syn_ids = Vec::new();
-        let mut lemmas: [HashMap<u32, Range<u32>>; N_POS] = Default::default();
+        let mut lemmas: [FxMap<u32, Range<u32>>; N_POS] = Default::default();
         for map in &mut lemmas {
             let n = r.u()? as usize;
             map.reserve(n);
@@ -130,7 +130,7 @@ impl WordNet {
             }
         }
         let mut exc_ids = Vec::new();
-        let mut exceptions: [HashMap<u32, Range<u32>>; N_POS] = Default::default();
+        let mut exceptions: [FxMap<u32, Range<u32>>; N_POS] = Default::default();
         for map in &mut exceptions {
             let n = r.u()? as usize;
             map.reserve(n);

@@ -6,10 +6,17 @@ use crate::soap::text::{is_py_space, is_re_word, is_regex_digit, is_regex_word, 
 
 type Buf = Vec<char>;
 
+fn has(a: &[char], f: impl Fn(char) -> bool) -> bool {
+    a.iter().any(|&c| f(c))
+}
+
 /// Replaces every char matching `f` by " c ".
-fn pad_chars(a: &[char], f: impl Fn(char) -> bool) -> Buf {
+fn pad_chars(a: Buf, f: impl Fn(char) -> bool) -> Buf {
+    if !has(&a, &f) {
+        return a;
+    }
     let mut b = Vec::with_capacity(a.len() + 16);
-    for &c in a {
+    for &c in &a {
         if f(c) {
             b.extend([' ', c, ' ']);
         } else {
@@ -26,12 +33,16 @@ fn starts_with(a: &[char], i: usize, s: &str) -> bool {
 }
 
 /// Replaces non-overlapping occurrences of `pat` by `rep`.
-fn replace_lit(a: &[char], pat: &str, rep: &str) -> Buf {
+fn replace_lit(a: Buf, pat: &str, rep: &str) -> Buf {
+    let first = pat.chars().next().expect("non-empty pattern");
+    if !a.contains(&first) {
+        return a;
+    }
     let plen = pat.chars().count();
     let mut b = Vec::with_capacity(a.len() + 16);
     let mut i = 0;
     while i < a.len() {
-        if starts_with(a, i, pat) {
+        if a[i] == first && starts_with(&a, i, pat) {
             b.extend(rep.chars());
             i += plen;
         } else {
@@ -43,6 +54,11 @@ fn replace_lit(a: &[char], pat: &str, rep: &str) -> Buf {
 }
 
 fn starting_quotes(a: Buf) -> Buf {
+    if !has(&a, |c| {
+        matches!(c, '«' | '“' | '‘' | '„' | '`' | '"' | '\'')
+    }) {
+        return a;
+    }
     // ([«“‘„]|[`]+) -> " \1 "
     let mut b = Vec::with_capacity(a.len() + 16);
     let mut i = 0;
@@ -72,7 +88,7 @@ fn starting_quotes(a: Buf) -> Buf {
         b
     };
     // (``) -> " \1 "
-    let a = replace_lit(&a, "``", " `` ");
+    let a = replace_lit(a, "``", " `` ");
     // ([ \(\[{<])(\"|\'{2}) -> "\1 `` "
     let mut b = Vec::with_capacity(a.len() + 16);
     let mut i = 0;
@@ -144,6 +160,26 @@ fn final_period(a: &[char], class: impl Fn(char) -> bool) -> Option<(usize, usiz
 }
 
 fn punctuation(a: Buf) -> Buf {
+    if !has(&a, |c| {
+        matches!(
+            c,
+            '.' | ':'
+                | ','
+                | ';'
+                | '@'
+                | '#'
+                | '$'
+                | '%'
+                | '&'
+                | '?'
+                | '!'
+                | '\''
+                | '*'
+                | '\u{2012}'..='\u{2015}'
+        )
+    }) {
+        return a;
+    }
     // ([^\.])(\.)([\]\)}>"\'»”’ ]*+)\s*$ -> "\1 \2 \3 "
     let a = match final_period(&a, |c| {
         matches!(
@@ -201,7 +237,7 @@ fn punctuation(a: Buf) -> Buf {
         }
     }
     // [;@#$%&] and [\u2012-\u2015] -> " \g<0> "
-    let a = pad_chars(&b, |c| {
+    let a = pad_chars(b, |c| {
         matches!(
             c,
             ';' | '@' | '#' | '$' | '%' | '&' | '\u{2012}'..='\u{2015}'
@@ -219,7 +255,7 @@ fn punctuation(a: Buf) -> Buf {
         None => a,
     };
     // [?!] -> " \g<0> "
-    let a = pad_chars(&a, |c| matches!(c, '?' | '!'));
+    let a = pad_chars(a, |c| matches!(c, '?' | '!'));
     // ([^'])' -> "\1 ' "
     let mut b = Vec::with_capacity(a.len() + 16);
     let mut i = 0;
@@ -233,15 +269,18 @@ fn punctuation(a: Buf) -> Buf {
         }
     }
     // [*] -> " \g<0> "
-    pad_chars(&b, |c| c == '*')
+    pad_chars(b, |c| c == '*')
 }
 
 fn ending_quotes(a: Buf) -> Buf {
-    let a = pad_chars(&a, |c| matches!(c, '»' | '”' | '’'));
-    let a = replace_lit(&a, "''", " '' ");
-    let a = replace_lit(&a, "\"", " '' ");
+    let a = pad_chars(a, |c| matches!(c, '»' | '”' | '’'));
+    let a = replace_lit(a, "''", " '' ");
+    let a = replace_lit(a, "\"", " '' ");
     // \s+ -> " "
     let a = collapse_ws(&a);
+    if !a.contains(&'\'') {
+        return a;
+    }
     // ([^' ])('[sS]|'[mM]|'[dD]|') -> "\1 \2 "
     let mut b = Vec::with_capacity(a.len() + 16);
     let mut i = 0;
@@ -319,6 +358,11 @@ fn re_boundary(a: &[char], k: usize) -> bool {
 }
 
 fn contractions(mut a: Buf) -> Buf {
+    // Cheap pre-filter: a pattern can only match where its letters occur (case-folded;
+    // 'i' also matches U+0130/U+0131, so never skip when those are present).
+    let lower: String = a.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let dotted_i = lower.contains(['\u{130}', '\u{131}']);
+    let may_match = |x: &str, y: &str| dotted_i || lower.contains(&format!("{x}{y}"));
     // CONTRACTIONS2: (?i)\b(X)(Y)\b -> " \1 \2 "; "wanna" ends with (?=\s) instead.
     const C2: [(&str, &str, bool); 8] = [
         ("can", "not", false),
@@ -331,6 +375,9 @@ fn contractions(mut a: Buf) -> Buf {
         ("wan", "na", true),
     ];
     for (x, y, space_after) in C2 {
+        if !may_match(x, y) {
+            continue;
+        }
         let (nx, ny) = (x.chars().count(), y.chars().count());
         let mut b = Vec::with_capacity(a.len() + 16);
         let mut i = 0;
@@ -360,6 +407,9 @@ fn contractions(mut a: Buf) -> Buf {
     }
     // CONTRACTIONS3: (?i) ('t)(is|was)\b -> " \1 \2 "
     for y in ["is", "was"] {
+        if !may_match("'t", y) {
+            continue;
+        }
         let ny = y.len();
         let mut b = Vec::with_capacity(a.len() + 16);
         let mut i = 0;
@@ -391,10 +441,10 @@ pub fn tokenize(text: &str) -> Vec<String> {
     let a = starting_quotes(a);
     let a = punctuation(a);
     // PARENS_BRACKETS, then DOUBLE_DASHES
-    let a = pad_chars(&a, |c| {
+    let a = pad_chars(a, |c| {
         matches!(c, ']' | '[' | '(' | ')' | '{' | '}' | '<' | '>')
     });
-    let a = replace_lit(&a, "--", " -- ");
+    let a = replace_lit(a, "--", " -- ");
     let mut p = Vec::with_capacity(a.len() + 2);
     p.push(' ');
     p.extend(a);
