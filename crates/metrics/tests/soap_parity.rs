@@ -45,7 +45,7 @@ struct Report(Vec<String>);
 impl Report {
     fn num(&mut self, what: &str, got: f64, want: &Value, tol: f64) {
         let want = want.as_f64().unwrap_or(f64::NAN);
-        if !((got - want).abs() <= tol) {
+        if (got - want).abs().is_nan() || (got - want).abs() > tol {
             self.0
                 .push(format!("{what}: got {got:.15} want {want:.15}"));
         }
