@@ -104,16 +104,17 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
     out
 }
 
-struct Interner<'a> {
-    ids: FxMap<&'a str, u32>,
+#[derive(Default)]
+struct Interner {
+    ids: FxMap<String, u32>,
 }
 
-impl<'a> Interner<'a> {
-    fn ids(&mut self, toks: &'a [String]) -> Vec<u32> {
-        toks.iter()
+impl Interner {
+    fn ids(&mut self, toks: Vec<String>) -> Vec<u32> {
+        toks.into_iter()
             .map(|t| {
                 let n = self.ids.len() as u32;
-                *self.ids.entry(t.as_str()).or_insert(n)
+                *self.ids.entry(t).or_insert(n)
             })
             .collect()
     }
@@ -145,31 +146,43 @@ fn score_ngrams(target: &[u32], pred: &[u32], n: usize) -> RougeScore {
     )
 }
 
-fn lcs_len(a: &[u32], b: &[u32]) -> usize {
+/// LCS length by the bit-vector algorithm of Crochemore et al. (2001); equals the
+/// `_lcs_table` corner value in O(|a| * |b| / 64).
+fn lcs_len(a: &[u32], b: &[u32], vocab: usize) -> usize {
     if a.is_empty() || b.is_empty() {
         return 0;
     }
-    let mut row = vec![0u32; b.len() + 1];
+    let w = b.len().div_ceil(64);
+    let mut masks = vec![0u64; vocab * w];
+    for (j, &t) in b.iter().enumerate() {
+        masks[t as usize * w + j / 64] |= 1 << (j % 64);
+    }
+    let mut v = vec![!0u64; w];
     for &x in a {
-        let mut diag = 0u32;
-        for j in 1..=b.len() {
-            let up = row[j];
-            row[j] = if x == b[j - 1] {
-                diag + 1
-            } else {
-                up.max(row[j - 1])
-            };
-            diag = up;
+        let m = &masks[x as usize * w..(x as usize + 1) * w];
+        let mut carry = false;
+        for k in 0..w {
+            let u = v[k] & m[k];
+            let (s1, c1) = v[k].overflowing_add(u);
+            let (s2, c2) = s1.overflowing_add(u64::from(carry));
+            carry = c1 || c2;
+            v[k] = s2 | (v[k] & !m[k]);
         }
     }
-    row[b.len()] as usize
+    let mut zeros = 0;
+    for (k, &x) in v.iter().enumerate() {
+        let bits = (b.len() - 64 * k).min(64);
+        let mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+        zeros += (!x & mask).count_ones() as usize;
+    }
+    zeros
 }
 
-fn score_lcs(target: &[u32], pred: &[u32]) -> RougeScore {
+fn score_lcs(target: &[u32], pred: &[u32], vocab: usize) -> RougeScore {
     if target.is_empty() || pred.is_empty() {
         return RougeScore::default();
     }
-    let l = lcs_len(target, pred) as f64;
+    let l = lcs_len(target, pred, vocab) as f64;
     RougeScore::new(l / pred.len() as f64, l / target.len() as f64)
 }
 
@@ -225,18 +238,40 @@ fn summary_level_lcs(ref_sents: &[Vec<u32>], can_sents: &[Vec<u32>], vocab: usiz
             cnt_c[t as usize] += 1;
         }
     }
+    // Reference tokens absent from a candidate line only ever make the backtrack step
+    // up, so dropping them (and pairs with nothing in common) leaves the LCS read-out
+    // unchanged while shrinking the tables.
+    let vw = vocab.div_ceil(64);
+    let mut present = vec![0u64; can_sents.len() * vw];
+    for (ci, c) in can_sents.iter().enumerate() {
+        for &t in c {
+            present[ci * vw + t as usize / 64] |= 1 << (t % 64);
+        }
+    }
     let mut hits = 0u64;
     let mut table = Vec::new();
     let mut idx = Vec::new();
     let mut in_union = Vec::new();
+    let mut keep: Vec<usize> = Vec::new();
+    let mut r2: Vec<u32> = Vec::new();
     for r in ref_sents {
         in_union.clear();
         in_union.resize(r.len(), false);
-        for c in can_sents {
+        for (ci, c) in can_sents.iter().enumerate() {
+            let bits = &present[ci * vw..(ci + 1) * vw];
+            keep.clear();
+            keep.extend(
+                (0..r.len()).filter(|&i| bits[r[i] as usize / 64] & (1 << (r[i] % 64)) != 0),
+            );
+            if keep.is_empty() {
+                continue;
+            }
+            r2.clear();
+            r2.extend(keep.iter().map(|&i| r[i]));
             idx.clear();
-            lcs_indices(r, c, &mut table, &mut idx);
+            lcs_indices(&r2, c, &mut table, &mut idx);
             for &i in &idx {
-                in_union[i] = true;
+                in_union[keep[i]] = true;
             }
         }
         for (i, &u) in in_union.iter().enumerate() {
@@ -255,30 +290,25 @@ fn summary_level_lcs(ref_sents: &[Vec<u32>], can_sents: &[Vec<u32>], vocab: usiz
 
 /// `RougeScorer(['rouge1','rouge2','rougeL','rougeLsum'], use_stemmer).score(reference, prediction)`.
 pub fn score(reference: &str, prediction: &str, use_stemmer: bool) -> RougeDoc {
-    let rt = tokenize(reference, use_stemmer);
-    let pt = tokenize(prediction, use_stemmer);
-    // rougeLsum: split on "\n", drop empty lines, tokenize each line on its own.
-    let lines = |s: &str| -> Vec<Vec<String>> {
+    // rougeLsum splits on "\n", drops empty lines and tokenizes each line on its own.
+    // Tokens never span a "\n", so the whole-text tokens are the lines' tokens in order.
+    let mut it = Interner::default();
+    let mut lines = |s: &str| -> Vec<Vec<u32>> {
         s.split('\n')
             .filter(|l| !l.is_empty())
-            .map(|l| tokenize(l, use_stemmer))
+            .map(|l| it.ids(tokenize(l, use_stemmer)))
             .collect()
     };
-    let rl = lines(reference);
-    let pl = lines(prediction);
-
-    let mut it = Interner {
-        ids: FxMap::default(),
-    };
-    let r = it.ids(&rt);
-    let p = it.ids(&pt);
-    let rls: Vec<Vec<u32>> = rl.iter().map(|l| it.ids(l)).collect();
-    let pls: Vec<Vec<u32>> = pl.iter().map(|l| it.ids(l)).collect();
+    let rls = lines(reference);
+    let pls = lines(prediction);
+    let r = rls.concat();
+    let p = pls.concat();
+    let vocab = it.ids.len();
     RougeDoc {
         rouge1: score_ngrams(&r, &p, 1),
         rouge2: score_ngrams(&r, &p, 2),
-        rouge_l: score_lcs(&r, &p),
-        rouge_lsum: summary_level_lcs(&rls, &pls, it.ids.len()),
+        rouge_l: score_lcs(&r, &p, vocab),
+        rouge_lsum: summary_level_lcs(&rls, &pls, vocab),
     }
 }
 
@@ -402,6 +432,22 @@ mod tests {
         assert_eq!(d.rouge_l, d.rouge1);
         let e = score("", "x", false);
         assert_eq!(e.rouge_lsum.fmeasure, 0.0);
+    }
+
+    #[test]
+    fn bit_parallel_lcs_equals_table() {
+        let mut rng = SplitMix64(3);
+        let mut table = Vec::new();
+        for _ in 0..500 {
+            let vocab = 1 + rng.below(6) as usize;
+            let n = rng.below(150) as usize;
+            let m = rng.below(150) as usize;
+            let a: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+            let b: Vec<u32> = (0..m).map(|_| rng.below(vocab as u64) as u32).collect();
+            let mut idx = Vec::new();
+            lcs_indices(&a, &b, &mut table, &mut idx);
+            assert_eq!(lcs_len(&a, &b, vocab), idx.len());
+        }
     }
 
     #[test]
