@@ -13,6 +13,13 @@
    Names are read like nltk does: the adjective marker "(a)", "(p)", "(ip)" is stripped.
 2. crates/metrics/data/punkt_english/*: NLTK's English punkt_tab parameters, copied verbatim
    from an nltk_data tree (tools/install_nltk_data.py makes one).
+3. crates/metrics/data/pyunicode.bin (with --pyunicode, run under the oracle's Python 3.11 +
+   `regex`): the character classes the reference tokenizers depend on, taken from that very
+   interpreter so that Unicode-version differences with Rust's tables cannot change a token:
+   `regex`-module \w and \d (nltk's tokenizers), stdlib `re` \w (nltk's contraction
+   patterns), str.isupper / str.islower (Punkt), str.lower() of every non-ASCII character,
+   and, for the final-sigma rule of str.lower(), which characters are skipped
+   (case-ignorable) and which end the scan as cased.
 
 Binary layout (all integers unsigned LEB128 varints), before zlib:
     b"WNSYN1\\n"
@@ -21,7 +28,12 @@ Binary layout (all integers unsigned LEB128 varints), before zlib:
     for pos in n v a r: n_lemmas, then each: lemma string id, n_synsets, synset ids
     for pos in n v a r: n_exceptions, then each: form string id, n_bases, base string ids
 
-Usage: make_soap_data.py [--wordnet /usr/share/wordnet] [--punkt DIR] [--out crates/metrics/data]
+pyunicode.bin layout (zlib; LEB128 varints): b"PYUNI1\n", a UTF-8 line naming the Python
+and regex versions, then 7 range tables (count, then delta-coded start / length-1 pairs) in
+the order regex_w, regex_d, re_w, isupper, islower, sigma_cased, sigma_ignorable, then the
+lowercase map (count, then code point delta, number of chars, the chars).
+
+Usage: make_soap_data.py [--wordnet /usr/share/wordnet] [--punkt DIR] [--pyunicode] [--out crates/metrics/data]
 """
 import argparse
 import os
@@ -162,15 +174,83 @@ def build_wordnet(wn):
     return zlib.compress(bytes(out), 9), stats
 
 
+def build_pyunicode():
+    import re as stdre
+    import sys as _sys
+
+    import regex
+
+    chars = [chr(c) for c in range(0x110000)]
+
+    def ranges(pred):
+        out, start = [], None
+        for c in range(0x110000):
+            v = pred(chars[c])
+            if v and start is None:
+                start = c
+            elif not v and start is not None:
+                out.append((start, c - 1))
+                start = None
+        if start is not None:
+            out.append((start, 0x10FFFF))
+        return out
+
+    rw, rd, sw = regex.compile(r"\w"), regex.compile(r"\d"), stdre.compile(r"\w")
+
+    # str.lower()'s final sigma: scanning back from a capital sigma, case-ignorable
+    # characters are skipped and the first other one must be cased (CPython
+    # handle_capital_sigma). Both properties are read off lower() itself.
+    def t1(c):  # cased and not case-ignorable
+        return (c + "\u03a3").lower()[-1] == "\u03c2"
+
+    def t2(c):  # case-ignorable, or cased
+        return ("A" + c + "\u03a3").lower()[-1] == "\u03c2"
+
+    tables = [
+        ranges(lambda c: rw.match(c) is not None),
+        ranges(lambda c: rd.match(c) is not None),
+        ranges(lambda c: sw.match(c) is not None),
+        ranges(str.isupper),
+        ranges(str.islower),
+        ranges(t1),
+        ranges(lambda c: t2(c) and not t1(c)),
+    ]
+    lower = [(c, chars[c].lower()) for c in range(128, 0x110000) if chars[c].lower() != chars[c]]
+    out = bytearray(b"PYUNI1\n")
+    out += f"python {_sys.version.split()[0]} unicodedata {__import__('unicodedata').unidata_version} regex {regex.__version__}\n".encode()
+    for t in tables:
+        varint(len(t), out)
+        prev = 0
+        for a, b in t:
+            varint(a - prev, out)
+            varint(b - a, out)
+            prev = b
+    varint(len(lower), out)
+    prev = 0
+    for c, low in lower:
+        varint(c - prev, out)
+        prev = c
+        varint(len(low), out)
+        for ch in low:
+            varint(ord(ch), out)
+    return zlib.compress(bytes(out), 9), [len(t) for t in tables] + [len(lower)]
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.abspath(os.path.join(here, "..", ".."))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wordnet", default="/usr/share/wordnet")
     ap.add_argument("--punkt", help="an nltk_data tokenizers/punkt_tab/english directory")
+    ap.add_argument("--pyunicode", action="store_true", help="also write pyunicode.bin (oracle Python)")
     ap.add_argument("--out", default=os.path.join(root, "crates", "metrics", "data"))
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    if a.pyunicode:
+        blob, sizes = build_pyunicode()
+        with open(os.path.join(a.out, "pyunicode.bin"), "wb") as fh:
+            fh.write(blob)
+        print("pyunicode.bin:", len(blob), "bytes", sizes)
     blob, stats = build_wordnet(a.wordnet)
     with open(os.path.join(a.out, "wordnet-syn.bin"), "wb") as fh:
         fh.write(blob)

@@ -23,6 +23,7 @@
 pub mod bleu;
 pub mod meteor;
 pub mod porter;
+pub mod pyunicode;
 pub mod rouge;
 pub mod text;
 pub mod tokenize;

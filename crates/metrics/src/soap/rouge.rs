@@ -91,7 +91,9 @@ pub fn tokenize(text: &str, use_stemmer: bool) -> Vec<String> {
             }
         } else {
             // Only U+0130 (-> "i̇") and U+212A KELVIN (-> "k") lowercase to ASCII letters.
-            for l in c.to_lowercase() {
+            let mut low = String::new();
+            crate::soap::pyunicode::push_lower(c, &mut low);
+            for l in low.chars() {
                 if l.is_ascii_lowercase() || l.is_ascii_digit() {
                     cur.push(l);
                 } else {

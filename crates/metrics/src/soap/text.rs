@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::OnceLock;
+
+use crate::soap::pyunicode::{self, Class};
 
 /// Multiply-rotate hasher (as in rustc's FxHash) for the scorers' internal maps: keys are
 /// small integers and short strings from the documents being scored, never adversarial
@@ -73,20 +74,13 @@ pub fn is_uni_space(c: char) -> bool {
     c.is_whitespace()
 }
 
-fn class_match(re: &'static OnceLock<regex::Regex>, pat: &str, c: char) -> bool {
-    let re = re.get_or_init(|| regex::Regex::new(pat).expect("static regex"));
-    let mut buf = [0u8; 4];
-    re.is_match(c.encode_utf8(&mut buf))
-}
-
 /// `\w` of the `regex` module (UTS #18 word characters), as nltk's tokenizers see it.
 #[inline]
 pub fn is_regex_word(c: char) -> bool {
     if c.is_ascii() {
         return c.is_ascii_alphanumeric() || c == '_';
     }
-    static RE: OnceLock<regex::Regex> = OnceLock::new();
-    class_match(&RE, r"^\w$", c)
+    pyunicode::is(Class::RegexWord, c)
 }
 
 /// `\d` of the `regex` module: Unicode decimal digits (`Nd`).
@@ -95,8 +89,7 @@ pub fn is_regex_digit(c: char) -> bool {
     if c.is_ascii() {
         return c.is_ascii_digit();
     }
-    static RE: OnceLock<regex::Regex> = OnceLock::new();
-    class_match(&RE, r"^\d$", c)
+    pyunicode::is(Class::RegexDigit, c)
 }
 
 /// `\w` of Python's stdlib `re` on `str` patterns: `str.isalnum()` or `_`.
@@ -105,7 +98,25 @@ pub fn is_re_word(c: char) -> bool {
     if c.is_ascii() {
         return c.is_ascii_alphanumeric() || c == '_';
     }
-    c.is_alphanumeric()
+    pyunicode::is(Class::ReWord, c)
+}
+
+/// Python `str.isupper()` of one character.
+#[inline]
+pub fn is_py_upper(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_uppercase();
+    }
+    pyunicode::is(Class::Upper, c)
+}
+
+/// Python `str.islower()` of one character.
+#[inline]
+pub fn is_py_lower(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_lowercase();
+    }
+    pyunicode::is(Class::Lower, c)
 }
 
 /// Python `str.split()` with no argument.
@@ -121,9 +132,34 @@ pub fn py_rstrip(s: &str) -> &str {
 /// Python `str.lower()` (full Unicode mapping, final sigma included).
 pub fn py_lower(s: &str) -> String {
     if s.is_ascii() {
-        s.to_ascii_lowercase()
-    } else {
-        s.to_lowercase()
+        return s.to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    let chars: Vec<char> = s.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else if c == '\u{3a3}' {
+            out.push(if final_sigma(&chars, i) { 'ς' } else { 'σ' });
+        } else {
+            pyunicode::push_lower(c, &mut out);
+        }
+    }
+    out
+}
+
+/// CPython's `handle_capital_sigma`: word-final when a cased character precedes (skipping
+/// case-ignorable ones) and none follows.
+fn final_sigma(chars: &[char], i: usize) -> bool {
+    let ignorable = |c: char| pyunicode::is(Class::SigmaIgnorable, c);
+    let cased = |c: char| pyunicode::is(Class::SigmaCased, c);
+    let before = chars[..i].iter().rev().find(|&&c| !ignorable(c));
+    if !before.is_some_and(|&c| cased(c)) {
+        return false;
+    }
+    match chars[i + 1..].iter().find(|&&c| !ignorable(c)) {
+        None => true,
+        Some(&c) => !cased(c),
     }
 }
 
@@ -147,6 +183,14 @@ mod tests {
         assert!(is_regex_word('é') && is_regex_word('_') && is_regex_word('\u{301}'));
         assert!(!is_regex_word('-') && !is_regex_word('😀'));
         assert!(is_regex_digit('٣') && !is_regex_digit('²'));
-        assert!(is_re_word('²') && is_re_word('é'));
+        assert!(is_re_word('²') && is_re_word('é') && !is_re_word('\u{345}'));
+        assert!(is_py_upper('Ⓐ') && !is_py_upper('ǅ') && is_py_lower('ß'));
+    }
+
+    #[test]
+    fn python_lower() {
+        assert_eq!(py_lower("İSTANBUL"), "i\u{307}stanbul");
+        assert_eq!(py_lower("ΟΔΟΣ ΣΑ Σ"), "οδος σα σ");
+        assert_eq!(py_lower("\u{212a}elvin"), "kelvin");
     }
 }

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
-use crate::soap::text::{is_py_space, is_regex_digit, is_regex_word, is_uni_space, py_lower};
+use crate::soap::text::{
+    is_py_lower, is_py_space, is_py_upper, is_regex_digit, is_regex_word, is_uni_space, py_lower,
+};
 
 const ORTHO_BEG_UC: u32 = 1 << 1;
 const ORTHO_MID_UC: u32 = 1 << 2;
@@ -256,11 +258,11 @@ impl Token {
     }
 
     fn first_upper(&self) -> bool {
-        self.first_char().is_uppercase()
+        is_py_upper(self.first_char())
     }
 
     fn first_lower(&self) -> bool {
-        self.first_char().is_lowercase()
+        is_py_lower(self.first_char())
     }
 
     fn is_ellipsis(&self) -> bool {
