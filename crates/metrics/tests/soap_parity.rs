@@ -463,3 +463,94 @@ fn never_panics_on_odd_input() {
         }
     }
 }
+
+#[test]
+fn never_panics_on_random_text() {
+    // Deterministic fuzz over characters that drive the tokenizers' special cases.
+    const ALPHABET: &[&str] = &[
+        "a",
+        "A",
+        "s",
+        "t",
+        "I",
+        ".",
+        ",",
+        ":",
+        ";",
+        "!",
+        "?",
+        "'",
+        "\"",
+        "`",
+        "-",
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "<",
+        ">",
+        "*",
+        "#",
+        "&",
+        " ",
+        "\n",
+        "\t",
+        "\r",
+        "0",
+        "9",
+        "é",
+        "😀",
+        "—",
+        "’",
+        "“",
+        "”",
+        "«",
+        "»",
+        "Σ",
+        "İ",
+        "ı",
+        "ſ",
+        "\u{a0}",
+        "\u{1c}",
+        "\u{301}",
+        "Dr.",
+        "can",
+        "not",
+        "'s",
+        "n't",
+        "e.g.",
+        "..",
+        "--",
+        "&amp;",
+        "<skipped>",
+        "-\n",
+    ];
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut text =
+        |len: usize| -> String { (0..len).map(|_| ALPHABET[next(ALPHABET.len())]).collect() };
+    let docs: Vec<(String, String)> = (0..400)
+        .map(|i| (text(i % 37), text((i * 7) % 53)))
+        .collect();
+    let preds: Vec<&str> = docs.iter().map(|d| d.0.as_str()).collect();
+    let refs: Vec<&str> = docs.iter().map(|d| d.1.as_str()).collect();
+    let opts = SoapOptions {
+        rouge_stemmer: true,
+        sentence_bleu: true,
+        ..Default::default()
+    };
+    let per = soap::per_document(&preds, &refs, &opts).unwrap();
+    assert!(
+        per.iter()
+            .all(|d| (0.0..=1.0).contains(&d.meteor) && (0.0..=1.0).contains(&d.rouge_lsum))
+    );
+    let s = soap::aggregate(&per).unwrap();
+    assert!(s.average_with_sacrebleu.is_finite());
+}
