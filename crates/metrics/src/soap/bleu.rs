@@ -60,7 +60,7 @@ impl BleuStats {
         };
         for (ng, &c) in &hc {
             if let Some(&rcnt) = rc.get(ng) {
-                st.matches[ng.0 as usize - 1] += c.min(rcnt) as u64;
+                st.matches[(ng >> 124) as usize - 1] += u64::from(c.min(rcnt));
             }
         }
         for k in 0..MAX_ORDER {
@@ -70,15 +70,19 @@ impl BleuStats {
     }
 }
 
-type NGram = (u8, [u32; MAX_ORDER]);
+/// An n-gram of token ids packed into one integer: order in the top bits, then up to
+/// four 31-bit ids (a document never has 2^31 distinct tokens).
+type NGram = u128;
 
 fn ngram_counts(toks: &[u32]) -> FxMap<NGram, u32> {
     let mut m = FxMap::with_capacity_and_hasher(toks.len() * MAX_ORDER, Default::default());
     for n in 1..=MAX_ORDER {
         for w in toks.windows(n) {
-            let mut key = [u32::MAX; MAX_ORDER];
-            key[..n].copy_from_slice(w);
-            *m.entry((n as u8, key)).or_insert(0) += 1;
+            let mut key = (n as u128) << 124;
+            for (k, &t) in w.iter().enumerate() {
+                key |= u128::from(t) << (31 * k);
+            }
+            *m.entry(key).or_insert(0) += 1;
         }
     }
     m
