@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::ajcc::{self, AjccError, CodeError, Stage};
 use crate::error::{DataError, Result};
-use crate::table::{Row, Table};
+use crate::table::{Row, Table, UniqueIds};
 use crate::text::normalize_whitespace;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -190,18 +190,10 @@ impl TnmCorpus {
 }
 
 fn check_unique_ids(path: &Path, records: &[TnmRecord]) -> Result<()> {
-    let mut seen: HashMap<&str, u64> = HashMap::with_capacity(records.len());
-    for r in records {
-        if let Some(first) = seen.insert(r.id.as_str(), r.line) {
-            return Err(DataError::DuplicateId {
-                path: path.to_path_buf(),
-                line: r.line,
-                id: r.id.clone(),
-                first_line: first,
-            });
-        }
-    }
-    Ok(())
+    let mut seen = UniqueIds::default();
+    records
+        .iter()
+        .try_for_each(|r| seen.check(path, &r.id, r.line))
 }
 
 const FORMATS_EXPECTED: &str = "an official Task 6 file (patient_filename,text[,t,n,m]), a Kefeli file (patient_filename,label,text), a GDC label file (ajcc_pathologic_t|n|m,case_submitter_id) or JSONL ({\"id\",\"text\",\"t\",\"n\",\"m\"})";
@@ -515,17 +507,10 @@ pub fn load_predictions(path: &Path) -> Result<Vec<TnmPrediction>> {
         prob_cols.push(Some(cols));
     }
     let mut out = Vec::with_capacity(table.rows.len());
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen = UniqueIds::default();
     for row in &table.rows {
         let id = required_id(&table, row, id_col, &table.columns[id_col])?;
-        if let Some(first) = seen.insert(id.clone(), row.line) {
-            return Err(DataError::DuplicateId {
-                path: table.path.clone(),
-                line: row.line,
-                id,
-                first_line: first,
-            });
-        }
+        seen.check(&table.path, &id, row.line)?;
         let mut labels = TnmLabels::default();
         let mut probs: [Option<Vec<f64>>; 3] = [None, None, None];
         for (i, stage) in Stage::ALL.into_iter().enumerate() {
@@ -566,39 +551,31 @@ pub fn load_predictions(path: &Path) -> Result<Vec<TnmPrediction>> {
 /// Writes records as the official CSV (`patient_filename,text,t,n,m`, blank = missing) when the
 /// path ends in `.csv`, else as JSONL (`{"id","text","t","n","m","cancer_type"}`). Atomic.
 pub fn write_corpus(path: &Path, records: &[TnmRecord]) -> Result<()> {
-    let csv_out = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    crate::atomic::write_atomic(path, |w| {
-        if csv_out {
-            let mut out = csv::Writer::from_writer(w);
-            out.write_record(["patient_filename", "text", "t", "n", "m"])?;
-            for r in records {
-                let code = |s: Stage| r.labels.get(s).map_or(String::new(), |v| v.to_string());
-                out.write_record([
-                    r.id.as_str(),
-                    r.text.as_deref().unwrap_or(""),
-                    &code(Stage::T),
-                    &code(Stage::N),
-                    &code(Stage::M),
-                ])?;
-            }
-            out.flush()
-        } else {
-            for r in records {
-                let line = serde_json::json!({
-                    "id": r.id,
-                    "text": r.text,
-                    "t": r.labels.t,
-                    "n": r.labels.n,
-                    "m": r.labels.m,
-                    "cancer_type": r.cancer_type,
-                });
-                writeln!(w, "{line}")?;
-            }
-            Ok(())
-        }
-    })
+    crate::table::write_csv_or_jsonl(
+        path,
+        records,
+        &["patient_filename", "text", "t", "n", "m"],
+        |r| {
+            let code = |s: Stage| r.labels.get(s).map_or(String::new(), |v| v.to_string());
+            vec![
+                r.id.clone(),
+                r.text.clone().unwrap_or_default(),
+                code(Stage::T),
+                code(Stage::N),
+                code(Stage::M),
+            ]
+        },
+        |r| {
+            serde_json::json!({
+                "id": r.id,
+                "text": r.text,
+                "t": r.labels.t,
+                "n": r.labels.n,
+                "m": r.labels.m,
+                "cancer_type": r.cancer_type,
+            })
+        },
+    )
 }
 
 #[cfg(test)]
