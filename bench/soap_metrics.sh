@@ -15,7 +15,8 @@ export ORACLE_NLTK_DATA=${ORACLE_NLTK_DATA:-/work/oracle/light/nltk_data}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-cargo build --release -q -p clinstruct -p clinstruct-metrics --example bench_soap
+cargo build --release -q -p clinstruct --bin clinstruct
+cargo build --release -q -p clinstruct-metrics --example bench_soap
 BIN=target/release/clinstruct
 target/release/examples/bench_soap --synthetic "$((2 * N))" --write "$WORK/all.jsonl" >/dev/null
 head -n "$N" "$WORK/all.jsonl" > "$WORK/n.jsonl"
