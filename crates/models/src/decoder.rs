@@ -177,7 +177,7 @@ pub fn load_linear(in_dim: usize, out_dim: usize, bias: bool, w: &Weights) -> Re
     let dtype = w.dtype();
     // Scales stay f32 (exact for an f32 model; one rounding of the product otherwise).
     let q = w.get((out_dim, in_dim), "weight")?.to_dtype(DType::F32)?;
-    let scale = w.get_unchecked("weight_scale_inv")?.to_dtype(DType::F32)?;
+    let scale = fp8_scales(w)?.to_dtype(DType::F32)?;
     let weight = dequantize_fp8(&q, &scale)?.to_dtype(dtype)?;
     let bias = if bias {
         Some(w.get(out_dim, "bias")?)
@@ -185,6 +185,22 @@ pub fn load_linear(in_dim: usize, out_dim: usize, bias: bool, w: &Weights) -> Re
         None
     };
     Linear::new(weight, bias)
+}
+
+fn fp8_scales(w: &Weights) -> Result<Tensor> {
+    let name = "weight_scale_inv";
+    if let Ok(t) = w.get_unchecked(name) {
+        return Ok(t);
+    }
+    // A `VarMap` only hands out tensors of a known shape: per-tensor scales are found by trying.
+    for shape in [&[][..], &[1], &[1, 1]] {
+        if let Ok(t) = w.get(shape, name) {
+            return Ok(t);
+        }
+    }
+    candle_core::bail!(
+        "{name}: block-wise FP8 scales need a safetensors source; dequantise them (decoder::dequantize_fp8) before filling a VarMap"
+    )
 }
 
 /// `weight (rows, cols)` times its inverse scales: a scalar (per-tensor) or a `(rows / bm,

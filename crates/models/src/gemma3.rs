@@ -6,7 +6,11 @@
 //! scales `1 + w`, q/k norms, four norms per block (pre/post attention, pre/post MLP), GELU-tanh,
 //! scores scaled by `query_pre_attn_scalar^-0.5`, sliding-window and full layers (`layer_types`
 //! or every `sliding_window_pattern`-th layer full) with their own rope (local theta, no scaling;
-//! global theta with the configured scaling), and optional attention/final logit soft-capping.
+//! global theta with the configured scaling), and final logit soft-capping when configured.
+//!
+//! `attn_logit_softcapping` is read but not applied: transformers' Gemma 3 attention never
+//! passes it to the attention function (Gemma 3 replaced Gemma 2's score capping with q/k
+//! norms; released configs set it to null), and parity with transformers is the contract.
 
 use candle_core::{Result, Tensor};
 use clinstruct_nn::Weights;
@@ -151,6 +155,7 @@ pub struct Gemma3Spec {
     pub sliding: Vec<bool>,
     pub global_rope: RopeParams,
     pub local_rope: RopeParams,
+    /// `attn_logit_softcapping` as configured; unused (see the module docs).
     pub attn_softcap: Option<f64>,
     pub final_softcap: Option<f64>,
     pub tie_word_embeddings: bool,
@@ -316,7 +321,7 @@ impl DecoderLayer {
             head_dim: spec.head_dim,
             bias: spec.attention_bias,
             scale: spec.query_pre_attn_scalar.powf(-0.5),
-            softcap: spec.attn_softcap,
+            softcap: None,
             window: if sliding { spec.sliding_window } else { None },
             qk_norm_eps: Some(spec.rms_norm_eps),
         };
