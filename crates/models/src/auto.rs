@@ -238,3 +238,87 @@ impl DecoderLm for AnyCausalLm {
         self.as_decoder().logits(hidden)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clinstruct_nn::rope::RopeScaling;
+    use serde_json::json;
+
+    /// The configs of the project's target checkpoints (as published, minus unused keys)
+    /// resolve to the right architecture and hyper-parameters.
+    #[test]
+    fn target_checkpoint_configs() -> Result<()> {
+        let llama = AnyConfig::parse(&json!({
+            "architectures": ["LlamaForCausalLM"], "bos_token_id": 128000,
+            "eos_token_id": [128001, 128008, 128009], "head_dim": 64, "hidden_act": "silu",
+            "hidden_size": 2048, "intermediate_size": 8192, "max_position_embeddings": 131072,
+            "model_type": "llama", "num_attention_heads": 32, "num_hidden_layers": 16,
+            "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+            "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                             "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+            "rope_theta": 500000.0, "tie_word_embeddings": true, "vocab_size": 128256
+        }))?;
+        let AnyConfig::Llama(c) = &llama else {
+            panic!("{llama:?}")
+        };
+        let s = c.spec()?;
+        assert_eq!((s.num_layers, s.num_kv_heads, s.head_dim), (16, 8, 64));
+        assert!(s.tie_word_embeddings);
+        assert!(matches!(s.rope_scaling, RopeScaling::Llama3 { factor, .. } if factor == 32.0));
+        assert_eq!(s.info.eos_token_ids, vec![128001, 128008, 128009]);
+
+        let gemma = AnyConfig::parse(&json!({
+            "architectures": ["Gemma3ForCausalLM"], "attn_logit_softcapping": null,
+            "bos_token_id": 2, "eos_token_id": [1, 106], "final_logit_softcapping": null,
+            "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 1152,
+            "intermediate_size": 6912, "max_position_embeddings": 32768,
+            "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 26,
+            "num_key_value_heads": 1, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+            "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000, "rope_scaling": null,
+            "rope_theta": 1000000, "sliding_window": 512, "sliding_window_pattern": 6,
+            "vocab_size": 262144
+        }))?;
+        let AnyConfig::Gemma3(c) = &gemma else {
+            panic!("{gemma:?}")
+        };
+        let s = c.spec()?;
+        let full: Vec<usize> = (0..26).filter(|&i| !s.sliding[i]).collect();
+        assert_eq!(full, vec![5, 11, 17, 23]);
+        assert_eq!(
+            (s.sliding_window, s.global_rope.theta, s.local_rope.theta),
+            (Some(512), 1e6, 1e4)
+        );
+        assert_eq!(s.global_rope.scaling, RopeScaling::Default);
+
+        // MedGemma 4B: the text tower's config lists little; Gemma3TextConfig's defaults fill in.
+        let medgemma = AnyConfig::parse(&json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "eos_token_id": [1, 106],
+            "model_type": "gemma3", "mm_tokens_per_image": 256,
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                "model_type": "gemma3_text", "num_attention_heads": 8, "num_hidden_layers": 34,
+                "num_key_value_heads": 4, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                "sliding_window": 1024},
+            "vision_config": {"model_type": "siglip_vision_model"}
+        }))?;
+        let AnyConfig::Gemma3Multimodal(c) = &medgemma else {
+            panic!("{medgemma:?}")
+        };
+        let s = c.spec()?;
+        assert_eq!(
+            (s.head_dim, s.vocab_size, s.query_pre_attn_scalar),
+            (256, 262_208, 256.0)
+        );
+        assert_eq!(s.global_rope.scaling, RopeScaling::Linear { factor: 8.0 });
+        assert_eq!(s.local_rope.scaling, RopeScaling::Default);
+        assert!(s.tie_word_embeddings);
+        assert_eq!(s.info.eos_token_ids, vec![1, 106]);
+
+        // Without `architectures`, `model_type` decides.
+        let m = AnyConfig::parse(&json!({"model_type": "mistral", "vocab_size": 10,
+            "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+            "num_attention_heads": 2}))?;
+        assert!(matches!(m, AnyConfig::Mistral(_)));
+        Ok(())
+    }
+}
