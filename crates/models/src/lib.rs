@@ -5,8 +5,16 @@
 //! Unlike candle-transformers' models, every forward path is differentiable and returns
 //! full-sequence outputs, so the same code serves inference and training.
 
+pub mod auto;
 pub mod checkpoint;
+pub mod decoder;
+pub mod gemma3;
+pub mod llama;
 pub mod lm;
+pub mod ministral3;
+pub mod mistral;
 
+pub use auto::{AnyCausalLm, AnyConfig, SUPPORTED_ARCHITECTURES};
 pub use checkpoint::{Checkpoint, CheckpointError};
+pub use decoder::DecoderLm;
 pub use lm::{CausalLm, LmCache, LmInfo};
