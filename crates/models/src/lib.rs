@@ -5,8 +5,14 @@
 //! Unlike candle-transformers' models, every forward path is differentiable and returns
 //! full-sequence outputs, so the same code serves inference and training.
 
+pub mod chat_template;
 pub mod checkpoint;
 pub mod lm;
+pub mod tokenizer;
 
+pub use chat_template::{
+    ChatMessage, ChatTemplate, ChatTemplateError, ChatTemplates, RenderOptions,
+};
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use lm::{CausalLm, LmCache, LmInfo};
+pub use tokenizer::{DecodeStream, SpecialTokens, Tokenizer, TokenizerError};
