@@ -7,6 +7,7 @@
 
 pub mod chat_template;
 pub mod checkpoint;
+pub mod generation;
 pub mod lm;
 pub mod tokenizer;
 
