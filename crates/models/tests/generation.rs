@@ -78,12 +78,12 @@ impl CausalLm for TableLm {
                 "mask covers past + new positions"
             );
             let m: Vec<Vec<u32>> = mask.to_dtype(DType::U32)?.to_vec2()?;
-            for r in 0..b {
-                for j in 0..l {
+            for (mrow, prow) in m.iter().zip(&pos) {
+                for (j, &p) in prow.iter().enumerate() {
                     let col = past + j;
-                    if m[r][col] == 1 {
-                        let before: u32 = m[r][..=col].iter().sum();
-                        assert_eq!(pos[r][j], before - 1, "position = cumsum(mask) - 1");
+                    if mrow[col] == 1 {
+                        let before: u32 = mrow[..=col].iter().sum();
+                        assert_eq!(p, before - 1, "position = cumsum(mask) - 1");
                     }
                 }
             }
