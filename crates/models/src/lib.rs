@@ -8,6 +8,7 @@
 pub mod chat_template;
 pub mod checkpoint;
 pub mod generation;
+pub mod gguf;
 pub mod lm;
 pub mod tokenizer;
 

@@ -299,6 +299,13 @@ impl Tokenizer {
         for i in [eos_id, eot_id].into_iter().flatten() {
             push_unique(&mut eos_ids, i);
         }
+        // llama.cpp also ends generation at end-of-turn control tokens it finds by text
+        // (Gemma's <end_of_turn>, Llama 3's <|eot_id|>), which chat models emit instead of EOS.
+        for (i, t) in tokens.iter().enumerate() {
+            if types[i] == TOKEN_CONTROL && EOT_TEXTS.contains(&t.as_str()) {
+                push_unique(&mut eos_ids, i as u32);
+            }
+        }
         let mut templates = ChatTemplates::default();
         if let Some(t) = metadata.get("tokenizer.chat_template") {
             let t = t.to_string().map_err(|_| {
@@ -504,6 +511,16 @@ const TOKEN_UNKNOWN: i64 = 2;
 const TOKEN_CONTROL: i64 = 3;
 const TOKEN_USER_DEFINED: i64 = 4;
 const TOKEN_BYTE: i64 = 6;
+
+const EOT_TEXTS: [&str; 7] = [
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+];
 
 struct GgufMeta<'a>(&'a HashMap<String, GgufValue>);
 
