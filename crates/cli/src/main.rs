@@ -23,6 +23,12 @@ enum Command {
     /// Corpus tools: statistics, synthetic corpora and splits.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// TNM staging of pathology reports.
+    #[command(subcommand)]
+    Tnm(commands::tnm::TnmCommand),
+    /// Official scores of predictions against gold files.
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
     /// Run the main job on the bundled sample corpora (the quickstart).
     Demo(commands::demo::DemoArgs),
 }
@@ -31,6 +37,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
+        Command::Tnm(cmd) => commands::tnm::run(cmd),
+        Command::Eval(cmd) => commands::eval::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
     };
     match result {

@@ -34,6 +34,11 @@ fn every_subcommand_has_help() {
         vec!["data", "synth", "--help"],
         vec!["data", "split", "--help"],
         vec!["demo", "--help"],
+        vec!["eval", "--help"],
+        vec!["eval", "soap", "--help"],
+        vec!["eval", "tnm", "--help"],
+        vec!["tnm", "--help"],
+        vec!["tnm", "rules", "--help"],
     ] {
         let o = run(&args);
         assert!(o.status.success(), "{args:?}");
@@ -158,7 +163,59 @@ fn demo_runs_on_the_embedded_samples() {
     let dir = tempfile::tempdir().unwrap();
     let o = run(&["demo", "--out", dir.path().to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("reports 60"));
+    let text = stdout(&o);
+    assert!(text.contains("reports 60"));
+    assert!(text.contains("exact match                0.9091"), "{text}");
+    assert!(text.contains("30 notes · BLEU"), "{text}");
     assert!(dir.path().join("tnm-train.jsonl").exists());
     assert!(dir.path().join("soap-dev.jsonl").exists());
+}
+
+#[test]
+fn tnm_rules_writes_a_submission_that_eval_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let reports = repo("data/samples/tnm-reports.jsonl");
+    let pred = dir.path().join("pred.csv");
+    let ev = dir.path().join("evidence.jsonl");
+    let o = run(&[
+        "tnm",
+        "rules",
+        "--input",
+        reports.to_str().unwrap(),
+        "--output",
+        pred.to_str().unwrap(),
+        "--evidence",
+        ev.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["reports"], 60);
+    assert_eq!(v["stated"][0], 35, "every explicit report, nothing else");
+    let header = std::fs::read_to_string(&pred).unwrap();
+    assert!(header.starts_with("patient_filename,t,n,m\n"));
+    let evidence = std::fs::read_to_string(&ev).unwrap();
+    assert_eq!(evidence.lines().count(), 60);
+    assert!(
+        !evidence.contains("carcinoma"),
+        "evidence holds spans, never text"
+    );
+    let o = run(&[
+        "eval",
+        "tnm",
+        "--pred",
+        pred.to_str().unwrap(),
+        "--gold",
+        reports.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for stage in ["t", "n", "m"] {
+        for class in v[stage]["per_class"].as_array().unwrap() {
+            if class["predicted"].as_u64().unwrap() > 0 {
+                assert_eq!(class["precision"], 1.0, "{stage} {}", class["class"]);
+            }
+        }
+    }
 }

@@ -9,13 +9,13 @@
 //! Loading drops rows with an empty dialogue or note (the release has 2 null dialogues) and
 //! de-duplicates on (note, dialogue): the HF release repeats ~205 pairs under a second ICD-10 code.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::error::{DataError, Result};
-use crate::table::{Container, Row, Table};
+use crate::table::{Container, Row, Table, UniqueIds};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SoapExample {
@@ -88,7 +88,7 @@ impl SoapCorpus {
         let mut examples = Vec::with_capacity(table.rows.len());
         let (mut empty_dialogue, mut empty_note, mut duplicates) = (0usize, 0usize, 0usize);
         let mut seen_pairs: HashSet<(String, String)> = HashSet::new();
-        let mut seen_ids: HashMap<String, u64> = HashMap::new();
+        let mut seen_ids = UniqueIds::default();
         for (i, row) in table.rows.iter().enumerate() {
             let id = match id_col {
                 Some(c) => row_id(&table, row, c)?,
@@ -111,14 +111,7 @@ impl SoapCorpus {
                 duplicates += 1;
                 continue;
             }
-            if let Some(first) = seen_ids.insert(id.clone(), row.line) {
-                return Err(DataError::DuplicateId {
-                    path: table.path.clone(),
-                    line: row.line,
-                    id,
-                    first_line: first,
-                });
-            }
+            seen_ids.check(&table.path, &id, row.line)?;
             examples.push(SoapExample {
                 id,
                 dialogue: dialogue.to_string(),
@@ -187,18 +180,11 @@ pub fn load_references(path: &Path) -> Result<Vec<IdText>> {
 
 fn id_texts(table: &Table, text_col: usize) -> Result<Vec<IdText>> {
     let id_col = table.require("id")?;
-    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut seen = UniqueIds::default();
     let mut out = Vec::with_capacity(table.rows.len());
     for row in &table.rows {
         let id = row_id(table, row, id_col)?;
-        if let Some(first) = seen.insert(id.clone(), row.line) {
-            return Err(DataError::DuplicateId {
-                path: table.path.clone(),
-                line: row.line,
-                id,
-                first_line: first,
-            });
-        }
+        seen.check(&table.path, &id, row.line)?;
         out.push(IdText {
             id,
             text: row.get(text_col).unwrap_or("").to_string(),
@@ -211,31 +197,23 @@ fn id_texts(table: &Table, text_col: usize) -> Result<Vec<IdText>> {
 /// Writes examples as the official CSV (`id,note,dialogue`) when the path ends in `.csv`, else as
 /// JSONL (`{"id","dialogue","note"}`, plus `icd10` when known). Atomic.
 pub fn write_corpus(path: &Path, examples: &[SoapExample]) -> Result<()> {
-    let csv_out = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    crate::atomic::write_atomic(path, |w| {
-        if csv_out {
-            let mut out = csv::Writer::from_writer(w);
-            out.write_record(["id", "note", "dialogue"])?;
-            for e in examples {
-                out.write_record([
-                    e.id.as_str(),
-                    e.note.as_deref().unwrap_or(""),
-                    e.dialogue.as_str(),
-                ])?;
+    crate::table::write_csv_or_jsonl(
+        path,
+        examples,
+        &["id", "note", "dialogue"],
+        |e| {
+            vec![
+                e.id.clone(),
+                e.note.clone().unwrap_or_default(),
+                e.dialogue.clone(),
+            ]
+        },
+        |e| {
+            let mut obj = serde_json::json!({"id": e.id, "dialogue": e.dialogue, "note": e.note});
+            if let Some(code) = &e.icd10 {
+                obj["icd10"] = serde_json::Value::String(code.clone());
             }
-            out.flush()
-        } else {
-            for e in examples {
-                let mut obj =
-                    serde_json::json!({"id": e.id, "dialogue": e.dialogue, "note": e.note});
-                if let Some(code) = &e.icd10 {
-                    obj["icd10"] = serde_json::Value::String(code.clone());
-                }
-                writeln!(w, "{obj}")?;
-            }
-            Ok(())
-        }
-    })
+            obj
+        },
+    )
 }

@@ -226,3 +226,50 @@ fn read_jsonl(path: &Path, bytes: &[u8]) -> Result<Table> {
         container: Container::Jsonl,
     })
 }
+
+/// Writes `items` as CSV (with `header`) when `path` ends in `.csv`, else as JSONL; atomic.
+pub(crate) fn write_csv_or_jsonl<T>(
+    path: &Path,
+    items: &[T],
+    header: &[&str],
+    csv_row: impl Fn(&T) -> Vec<String>,
+    json_row: impl Fn(&T) -> serde_json::Value,
+) -> Result<()> {
+    let csv_out = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+    crate::atomic::write_atomic(path, |w| {
+        if csv_out {
+            let mut out = csv::Writer::from_writer(w);
+            out.write_record(header)?;
+            for item in items {
+                out.write_record(csv_row(item))?;
+            }
+            out.flush()
+        } else {
+            for item in items {
+                writeln!(w, "{}", json_row(item))?;
+            }
+            Ok(())
+        }
+    })
+}
+
+/// Rejects a second row with the same id, naming both lines.
+#[derive(Debug, Default)]
+pub(crate) struct UniqueIds(std::collections::HashMap<String, u64>);
+
+impl UniqueIds {
+    pub fn check(&mut self, path: &Path, id: &str, line: u64) -> Result<()> {
+        if let Some(&first_line) = self.0.get(id) {
+            return Err(DataError::DuplicateId {
+                path: path.to_path_buf(),
+                line,
+                id: id.to_string(),
+                first_line,
+            });
+        }
+        self.0.insert(id.to_string(), line);
+        Ok(())
+    }
+}

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::ajcc::{self, AjccError, CodeError, Stage};
 use crate::error::{DataError, Result};
-use crate::table::{Row, Table};
+use crate::table::{Row, Table, UniqueIds};
 use crate::text::normalize_whitespace;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -190,18 +190,10 @@ impl TnmCorpus {
 }
 
 fn check_unique_ids(path: &Path, records: &[TnmRecord]) -> Result<()> {
-    let mut seen: HashMap<&str, u64> = HashMap::with_capacity(records.len());
-    for r in records {
-        if let Some(first) = seen.insert(r.id.as_str(), r.line) {
-            return Err(DataError::DuplicateId {
-                path: path.to_path_buf(),
-                line: r.line,
-                id: r.id.clone(),
-                first_line: first,
-            });
-        }
-    }
-    Ok(())
+    let mut seen = UniqueIds::default();
+    records
+        .iter()
+        .try_for_each(|r| seen.check(path, &r.id, r.line))
 }
 
 const FORMATS_EXPECTED: &str = "an official Task 6 file (patient_filename,text[,t,n,m]), a Kefeli file (patient_filename,label,text), a GDC label file (ajcc_pathologic_t|n|m,case_submitter_id) or JSONL ({\"id\",\"text\",\"t\",\"n\",\"m\"})";
@@ -474,42 +466,116 @@ impl TnmCorpus {
     }
 }
 
+/// One row of a TNM submission: `patient_filename,t,n,m` with optional class probabilities
+/// `p_t1..p_t4, p_n0..p_n3, p_m0, p_m1`.
+#[derive(Debug, Clone)]
+pub struct TnmPrediction {
+    pub id: String,
+    pub labels: TnmLabels,
+    /// Per stage (T, N, M), the class probabilities when the file has them.
+    pub probs: [Option<Vec<f64>>; 3],
+    pub line: u64,
+}
+
+/// Reads a TNM submission (CSV or JSONL with the same column names; `id` may replace
+/// `patient_filename`). Blank codes are missing predictions, which score as wrong.
+pub fn load_predictions(path: &Path) -> Result<Vec<TnmPrediction>> {
+    let table = Table::read(path)?;
+    let id_col = id_column(&table)?;
+    let mut code_cols = Vec::new();
+    let mut prob_cols: Vec<Option<Vec<(usize, String)>>> = Vec::new();
+    for stage in Stage::ALL {
+        let field = stage.letter().to_ascii_lowercase().to_string();
+        code_cols.push((table.require(&field)?, field.clone()));
+        let names: Vec<String> = (0..stage.num_classes())
+            .map(|k| format!("p_{field}{}", stage.category(k)))
+            .collect();
+        let found: Vec<Option<usize>> = names.iter().map(|n| table.column_index_ci(n)).collect();
+        if found.iter().all(Option::is_none) {
+            prob_cols.push(None);
+            continue;
+        }
+        // A partial set of probability columns is a typo, not a choice: name the first missing.
+        let mut cols = Vec::new();
+        for (name, col) in names.iter().zip(found) {
+            let col = match col {
+                Some(c) => c,
+                None => table.require(name)?,
+            };
+            cols.push((col, name.clone()));
+        }
+        prob_cols.push(Some(cols));
+    }
+    let mut out = Vec::with_capacity(table.rows.len());
+    let mut seen = UniqueIds::default();
+    for row in &table.rows {
+        let id = required_id(&table, row, id_col, &table.columns[id_col])?;
+        seen.check(&table.path, &id, row.line)?;
+        let mut labels = TnmLabels::default();
+        let mut probs: [Option<Vec<f64>>; 3] = [None, None, None];
+        for (i, stage) in Stage::ALL.into_iter().enumerate() {
+            let (col, field) = &code_cols[i];
+            if let Some(v) = row.non_blank(Some(*col)) {
+                labels.set(stage, parse_code_field(&table.path, row, field, v, stage)?);
+            }
+            if let Some(cols) = &prob_cols[i] {
+                let mut p = Vec::with_capacity(cols.len());
+                for (c, name) in cols {
+                    let raw = row
+                        .non_blank(Some(*c))
+                        .ok_or_else(|| DataError::MissingField {
+                            path: table.path.clone(),
+                            line: row.line,
+                            field: name.clone(),
+                        })?;
+                    p.push(raw.parse::<f64>().map_err(|_| DataError::BadField {
+                        path: table.path.clone(),
+                        line: row.line,
+                        field: name.clone(),
+                        message: format!("{raw:?} is not a probability"),
+                    })?);
+                }
+                probs[i] = Some(p);
+            }
+        }
+        out.push(TnmPrediction {
+            id,
+            labels,
+            probs,
+            line: row.line,
+        });
+    }
+    Ok(out)
+}
+
 /// Writes records as the official CSV (`patient_filename,text,t,n,m`, blank = missing) when the
 /// path ends in `.csv`, else as JSONL (`{"id","text","t","n","m","cancer_type"}`). Atomic.
 pub fn write_corpus(path: &Path, records: &[TnmRecord]) -> Result<()> {
-    let csv_out = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
-    crate::atomic::write_atomic(path, |w| {
-        if csv_out {
-            let mut out = csv::Writer::from_writer(w);
-            out.write_record(["patient_filename", "text", "t", "n", "m"])?;
-            for r in records {
-                let code = |s: Stage| r.labels.get(s).map_or(String::new(), |v| v.to_string());
-                out.write_record([
-                    r.id.as_str(),
-                    r.text.as_deref().unwrap_or(""),
-                    &code(Stage::T),
-                    &code(Stage::N),
-                    &code(Stage::M),
-                ])?;
-            }
-            out.flush()
-        } else {
-            for r in records {
-                let line = serde_json::json!({
-                    "id": r.id,
-                    "text": r.text,
-                    "t": r.labels.t,
-                    "n": r.labels.n,
-                    "m": r.labels.m,
-                    "cancer_type": r.cancer_type,
-                });
-                writeln!(w, "{line}")?;
-            }
-            Ok(())
-        }
-    })
+    crate::table::write_csv_or_jsonl(
+        path,
+        records,
+        &["patient_filename", "text", "t", "n", "m"],
+        |r| {
+            let code = |s: Stage| r.labels.get(s).map_or(String::new(), |v| v.to_string());
+            vec![
+                r.id.clone(),
+                r.text.clone().unwrap_or_default(),
+                code(Stage::T),
+                code(Stage::N),
+                code(Stage::M),
+            ]
+        },
+        |r| {
+            serde_json::json!({
+                "id": r.id,
+                "text": r.text,
+                "t": r.labels.t,
+                "n": r.labels.n,
+                "m": r.labels.m,
+                "cancer_type": r.cancer_type,
+            })
+        },
+    )
 }
 
 #[cfg(test)]

@@ -313,7 +313,7 @@ struct Row<'t> {
     /// Prompt and generated ids (for the repetition penalty).
     seen: Vec<u32>,
     generated: Vec<u32>,
-    stream: DecodeStream<'t>,
+    stream: Option<DecodeStream<'t>>,
     stop: StopMatcher,
     finish: Option<(FinishReason, Option<String>)>,
     rng: Rng,
@@ -323,10 +323,11 @@ struct Row<'t> {
 /// Generates from pre-tokenized prompts (one or more rows of any lengths).
 ///
 /// `on_text` receives text deltas as they become final (UTF-8 complete, not part of a stop
-/// string); the concatenated deltas of a row equal its `text`.
+/// string); the concatenated deltas of a row equal its `text`. Without a tokenizer only ids
+/// are produced (no text, no streaming, no stop strings).
 pub fn generate(
     model: &dyn CausalLm,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     prompts: &[Vec<u32>],
     cfg: &GenerationConfig,
     device: &Device,
@@ -337,6 +338,11 @@ pub fn generate(
     }
     if let Some(i) = prompts.iter().position(Vec::is_empty) {
         return Err(GenerationError::Invalid(format!("prompt {i} is empty")));
+    }
+    if tokenizer.is_none() && !cfg.stop_strings.is_empty() {
+        return Err(GenerationError::Invalid(
+            "stop strings need a tokenizer".into(),
+        ));
     }
     let b = prompts.len();
     let pad = cfg
@@ -360,7 +366,7 @@ pub fn generate(
             prompt_len: p.len(),
             seen: p.clone(),
             generated: Vec::new(),
-            stream: tokenizer.decode_stream(cfg.skip_special_tokens),
+            stream: tokenizer.map(|t| t.decode_stream(cfg.skip_special_tokens)),
             stop: StopMatcher {
                 stops: cfg.stop_strings.clone(),
                 ..StopMatcher::default()
@@ -424,7 +430,10 @@ pub fn generate(
             next.push(tok);
             if cfg.eos_token_ids.contains(&tok) {
                 row.finish = Some((FinishReason::Eos, None));
-            } else if let Some(delta) = row.stream.step(tok)? {
+            } else if let Some(delta) = match row.stream.as_mut() {
+                Some(s) => s.step(tok)?,
+                None => None,
+            } {
                 let (out, hit) = row.stop.push(&delta);
                 emit(&mut on_text, r, &out);
                 if let Some(s) = hit {
@@ -438,7 +447,11 @@ pub fn generate(
                 && *reason != FinishReason::Stop
             {
                 // Release held-back bytes and any partial stop-string prefix.
-                if let Some(rest) = row.stream.finish()? {
+                let rest = match row.stream.as_mut() {
+                    Some(s) => s.finish()?,
+                    None => None,
+                };
+                if let Some(rest) = rest {
                     let (out, hit) = row.stop.push(&rest);
                     emit(&mut on_text, r, &out);
                     if hit.is_some() {

@@ -136,7 +136,7 @@ fn run(
 ) -> (clinstruct_models::generation::Generation, Vec<String>) {
     let mut streamed = vec![String::new(); prompts.len()];
     let mut cb = |d: TextDelta<'_>| streamed[d.row].push_str(d.text);
-    let g = generate(lm, tok, prompts, cfg, &Device::Cpu, Some(&mut cb)).unwrap();
+    let g = generate(lm, Some(tok), prompts, cfg, &Device::Cpu, Some(&mut cb)).unwrap();
     (g, streamed)
 }
 

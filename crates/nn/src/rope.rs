@@ -113,9 +113,11 @@ impl RotaryEmbedding {
                     dim as f64 * (original as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
                         / (2.0 * base.ln())
                 };
+                // transformers reads these as `get(..) or default`: 0 means unset too.
+                let set = |b: &Option<f64>| b.filter(|&v| v != 0.0);
                 let (mut low, mut high) = (
-                    correction_dim(beta_fast.unwrap_or(32.0)),
-                    correction_dim(beta_slow.unwrap_or(1.0)),
+                    correction_dim(set(beta_fast).unwrap_or(32.0)),
+                    correction_dim(set(beta_slow).unwrap_or(1.0)),
                 );
                 if truncate.unwrap_or(true) {
                     low = low.floor();
@@ -217,6 +219,94 @@ mod tests {
         assert_eq!(plain.inv_freq[0], scaled.inv_freq[0]);
         let last = plain.inv_freq.len() - 1;
         assert!((plain.inv_freq[last] / 32.0 - scaled.inv_freq[last]).abs() < 1e-12);
+    }
+
+    fn assert_close(got: &[f32], want: &[(usize, f64)]) {
+        for &(i, w) in want {
+            let g = got[i] as f64;
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs(),
+                "inv_freq[{i}] = {g}, transformers {w}"
+            );
+        }
+    }
+
+    /// Values from transformers 5.23 `_compute_llama3_parameters` for Llama-3.2-1B's config.
+    #[test]
+    fn llama3_matches_transformers() {
+        let s = RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let r = RotaryEmbedding::new(64, 500_000.0, &s, 131072);
+        assert_eq!(r.attention_factor(), 1.0);
+        assert_close(
+            &r.inv_freq,
+            &[
+                (0, 1.0),
+                (10, 0.016560440883040428),
+                (16, 0.000429556705057621),
+                (20, 8.570255886297673e-06),
+                (31, 9.418306490260875e-08),
+            ],
+        );
+    }
+
+    /// Values from transformers 5.23 `_compute_yarn_parameters`: Ministral-3's defaults
+    /// (mscale = mscale_all_dim = 1, so no cos/sin scaling), and a small case whose attention
+    /// factor comes from `factor` alone.
+    #[test]
+    fn yarn_matches_transformers() {
+        let ministral = RopeScaling::Yarn {
+            factor: 16.0,
+            original_max_position_embeddings: Some(16384),
+            beta_fast: Some(32.0),
+            beta_slow: Some(1.0),
+            mscale: Some(1.0),
+            mscale_all_dim: Some(1.0),
+            attention_factor: None,
+            truncate: None,
+        };
+        let r = RotaryEmbedding::new(128, 1_000_000.0, &ministral, 262144);
+        assert_eq!(r.attention_factor(), 1.0);
+        assert_close(
+            &r.inv_freq,
+            &[
+                (0, 1.0),
+                (20, 0.01333521492779255),
+                (30, 0.0006907022907398641),
+                (40, 1.1114246262877714e-05),
+                (63, 7.75586102008674e-08),
+            ],
+        );
+        let small = RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: Some(64),
+            beta_fast: Some(16.0),
+            beta_slow: Some(0.0), // unset, as in transformers: 1
+            mscale: None,
+            mscale_all_dim: None,
+            attention_factor: None,
+            truncate: None,
+        };
+        let r = RotaryEmbedding::new(16, 10_000.0, &small, 256);
+        assert!((r.attention_factor() - 1.138629436111989).abs() < 1e-12);
+        let want = [
+            1.0,
+            0.23717081546783447,
+            0.04999999701976776,
+            0.007905694656074047,
+            0.0024999999441206455,
+            0.0007905694656074047,
+            0.0002500000118743628,
+            7.905694656074047e-05,
+        ];
+        assert_close(
+            &r.inv_freq,
+            &want.iter().copied().enumerate().collect::<Vec<_>>(),
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use clinstruct_data::synth;
 use clinstruct_data::table::Table;
 use clinstruct_data::tnm::{self, TnmCorpus};
 
-use super::print_json;
+use super::{out, print_json};
 
 #[derive(Subcommand)]
 pub enum DataCommand {
@@ -108,8 +108,7 @@ fn stats(a: StatsArgs) -> Result<()> {
             if a.json {
                 print_json(&s)
             } else {
-                print!("{}", s.render());
-                Ok(())
+                out(&s.render())
             }
         }
         Task::Tnm => {
@@ -128,8 +127,7 @@ fn stats(a: StatsArgs) -> Result<()> {
             if a.json {
                 print_json(&s)
             } else {
-                print!("{}", s.render());
-                Ok(())
+                out(&s.render())
             }
         }
     }
@@ -205,16 +203,16 @@ fn split(a: SplitArgs) -> Result<()> {
     if a.json {
         print_json(&summary)
     } else {
-        println!(
-            "train {} → {} · dev {} → {} (seed {})",
+        out(&format!(
+            "train {} → {} · dev {} → {} (seed {})\n",
             summary.train,
             summary.train_file.display(),
             summary.dev,
             summary.dev_file.display(),
             summary.seed
-        );
+        ))?;
         for (reason, n) in &summary.dropped {
-            println!("  dropped {n}: {reason}");
+            out(&format!("  dropped {n}: {reason}\n"))?;
         }
         Ok(())
     }

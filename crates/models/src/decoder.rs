@@ -1,0 +1,725 @@
+//! What the decoder LMs share: config spellings (transformers v4 and v5), the embedding, gated
+//! MLP, attention with its KV-cached step, masks, the LM head, FP8 dequantisation and a minimal
+//! greedy loop. Every forward op here has a backward (see `clinstruct_nn`), so the models built
+//! from these pieces train as they infer.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+use clinstruct_nn::attention::{AttentionOpts, MaskKind, build_mask, scaled_dot_product};
+use clinstruct_nn::kv_cache::KvCache;
+use clinstruct_nn::norm::RmsNorm;
+use clinstruct_nn::rope::{RopeScaling, apply_rotary};
+use clinstruct_nn::{Linear, Weights};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::lm::{CausalLm, LmCache};
+
+// ---------------------------------------------------------------------------------------------
+// Config helpers
+
+/// `eos_token_id` and friends: one id or a list.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(t) => vec![*t],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Distinguishes a key that is absent (`None`) from one set to `null` (`Some(None)`): HF applies
+/// its class default only to the former (e.g. Mistral's `sliding_window`).
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The MLP activation (`hidden_act` / `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// transformers' `gelu_pytorch_tanh` (and `gelu_new`, `gelu_fast`): the tanh approximation.
+    GeluTanh,
+    /// Exact `gelu` (erf).
+    Gelu,
+}
+
+impl Activation {
+    pub fn from_hf(name: &str) -> Result<Activation> {
+        Ok(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            other => candle_core::bail!(
+                "unsupported activation {other:?} (supported: silu, gelu_pytorch_tanh, gelu)"
+            ),
+        })
+    }
+
+    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu(),
+            Activation::Gelu => x.gelu_erf(),
+        }
+    }
+}
+
+/// RoPE settings resolved from either spelling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParams {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+    /// The whole (normalised) parameter dict, for model-specific keys such as Ministral-3's
+    /// `llama_4_scaling_beta`.
+    pub raw: serde_json::Map<String, Value>,
+}
+
+impl RopeParams {
+    /// transformers' `convert_rope_params_to_dict` + `standardize_rope_params` for one flat dict:
+    /// `rope_scaling` (v4) wins over `rope_parameters` (v5), `rope_theta` inside the dict wins
+    /// over the top-level key, `type` is the v4 name of `rope_type`, and scaled types default
+    /// `original_max_position_embeddings` to the model's context.
+    pub fn resolve(
+        rope_parameters: Option<&Value>,
+        rope_scaling: Option<&Value>,
+        rope_theta: Option<f64>,
+        default_theta: f64,
+        max_position_embeddings: usize,
+    ) -> Result<RopeParams> {
+        let dict = match (rope_scaling, rope_parameters) {
+            (Some(v), _) if !v.is_null() => Some(v),
+            (_, Some(v)) if !v.is_null() => Some(v),
+            _ => None,
+        };
+        let mut raw = match dict {
+            None => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => candle_core::bail!("rope parameters must be an object, got {other}"),
+        };
+        let kind = raw
+            .get("rope_type")
+            .or_else(|| raw.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        raw.insert("rope_type".into(), Value::from(kind.clone()));
+        let theta = match raw.get("rope_theta").and_then(Value::as_f64) {
+            Some(t) => t,
+            None => rope_theta.unwrap_or(default_theta),
+        };
+        raw.insert("rope_theta".into(), Value::from(theta));
+        match kind.as_str() {
+            "default" | "linear" => {}
+            "llama3" | "yarn" => {
+                raw.entry("original_max_position_embeddings")
+                    .or_insert(Value::from(max_position_embeddings));
+                if kind == "yarn" && raw.get("factor").is_none_or(Value::is_null) {
+                    // transformers derives the factor from the two contexts when it is absent.
+                    let orig = raw["original_max_position_embeddings"]
+                        .as_f64()
+                        .unwrap_or(max_position_embeddings as f64);
+                    raw.insert(
+                        "factor".into(),
+                        Value::from(max_position_embeddings as f64 / orig),
+                    );
+                }
+            }
+            other => candle_core::bail!(
+                "unsupported rope_type {other:?} (supported: default, linear, llama3, yarn)"
+            ),
+        }
+        let scaling: RopeScaling = serde_json::from_value(Value::Object(raw.clone()))
+            .map_err(|e| candle_core::Error::msg(format!("rope parameters ({kind}): {e}")))?;
+        Ok(RopeParams {
+            theta,
+            scaling,
+            raw,
+        })
+    }
+}
+
+/// An error's message without the backtraces candle attaches when `RUST_BACKTRACE` is set, so
+/// messages shown to users (and compared in tests) stay the same in every environment.
+pub fn error_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    match e {
+        E::WithBacktrace { inner, .. } => error_message(inner),
+        E::Context { inner, context } => format!("{context}\n{}", error_message(inner)),
+        E::WithPath { inner, path } => format!("path: {path:?} {}", error_message(inner)),
+        other => other.to_string(),
+    }
+}
+
+/// Reads a typed config section, naming it in the error.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(v: &Value, what: &str) -> Result<T> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| candle_core::Error::msg(format!("invalid {what} config: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+
+/// A linear layer from HF weights; FP8 checkpoints (`weight` in F8_E4M3 with a sibling
+/// `weight_scale_inv`) are dequantised on load as transformers does with `dequantize=True`.
+pub fn load_linear(in_dim: usize, out_dim: usize, bias: bool, w: &Weights) -> Result<Linear> {
+    if !w.contains("weight_scale_inv") {
+        return Linear::load(in_dim, out_dim, bias, w);
+    }
+    let dtype = w.dtype();
+    // Scales stay f32 (exact for an f32 model; one rounding of the product otherwise).
+    let q = w.get((out_dim, in_dim), "weight")?.to_dtype(DType::F32)?;
+    let scale = fp8_scales(w)?.to_dtype(DType::F32)?;
+    let weight = dequantize_fp8(&q, &scale)?.to_dtype(dtype)?;
+    let bias = if bias {
+        Some(w.get(out_dim, "bias")?)
+    } else {
+        None
+    };
+    Linear::new(weight, bias)
+}
+
+fn fp8_scales(w: &Weights) -> Result<Tensor> {
+    let name = "weight_scale_inv";
+    if let Ok(t) = w.get_unchecked(name) {
+        return Ok(t);
+    }
+    // A `VarMap` only hands out tensors of a known shape: per-tensor scales are found by trying.
+    for shape in [&[][..], &[1], &[1, 1]] {
+        if let Ok(t) = w.get(shape, name) {
+            return Ok(t);
+        }
+    }
+    candle_core::bail!(
+        "{name}: block-wise FP8 scales need a safetensors source; dequantise them (decoder::dequantize_fp8) before filling a VarMap"
+    )
+}
+
+/// `weight (rows, cols)` times its inverse scales: a scalar (per-tensor) or a `(rows / bm,
+/// cols / bn)` grid of blocks, the block size following from the grid as in transformers.
+pub fn dequantize_fp8(weight: &Tensor, scale_inv: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    if scale_inv.elem_count() == 1 {
+        return weight.broadcast_mul(&scale_inv.reshape(())?);
+    }
+    let (sr, sc) = match scale_inv.dims() {
+        [sr, sc] => (*sr, *sc),
+        dims => candle_core::bail!("FP8 scales must be a scalar or 2-D, got shape {dims:?}"),
+    };
+    if rows % sr != 0 || cols % sc != 0 {
+        candle_core::bail!(
+            "weight shape ({rows}, {cols}) not divisible by the scale grid ({sr}, {sc})"
+        );
+    }
+    let (bm, bn) = (rows / sr, cols / sc);
+    weight
+        .reshape((sr, bm, sc, bn))?
+        .broadcast_mul(&scale_inv.reshape((sr, 1, sc, 1))?)?
+        .reshape((rows, cols))
+}
+
+/// Token embeddings, optionally multiplied by a constant (Gemma: `sqrt(hidden)`, in the model
+/// dtype as transformers casts it).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: Tensor,
+    scale: Option<f64>,
+}
+
+impl Embedding {
+    pub fn load(vocab: usize, hidden: usize, scale: Option<f64>, w: &Weights) -> Result<Embedding> {
+        Ok(Embedding {
+            weight: w.get((vocab, hidden), "weight")?,
+            scale,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let hidden = self.weight.dim(1)?;
+        let ids = ids.to_dtype(DType::U32)?.flatten_all()?;
+        let x = self.weight.index_select(&ids, 0)?.reshape((b, l, hidden))?;
+        match self.scale {
+            // `affine` rounds the scale to the tensor dtype first, like `embed_scale.to(dtype)`.
+            Some(s) => x.affine(s, 0.0),
+            None => Ok(x),
+        }
+    }
+}
+
+/// `down(act(gate(x)) · up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn load(
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+        act: Activation,
+        w: &Weights,
+    ) -> Result<Mlp> {
+        Ok(Mlp {
+            gate_proj: load_linear(hidden, intermediate, bias, &w.pp("gate_proj"))?,
+            up_proj: load_linear(hidden, intermediate, bias, &w.pp("up_proj"))?,
+            down_proj: load_linear(intermediate, hidden, bias, &w.pp("down_proj"))?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Shape and behaviour of one self-attention block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionSpec {
+    pub hidden: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Bias on q/k/v/o (`attention_bias`).
+    pub bias: bool,
+    /// Multiplies `q · kᵀ`.
+    pub scale: f64,
+    pub softcap: Option<f64>,
+    /// Keys visible to a query: itself and `window - 1` before (`None`: all earlier keys).
+    pub window: Option<usize>,
+    /// Gemma 3's per-head RMSNorm (`1 + w`) on queries and keys, with its eps.
+    pub qk_norm_eps: Option<f64>,
+}
+
+/// Self-attention with HF names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `q_norm`, `k_norm`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    spec: AttentionSpec,
+}
+
+impl Attention {
+    pub fn load(spec: &AttentionSpec, w: &Weights) -> Result<Attention> {
+        let (h, d) = (spec.hidden, spec.head_dim);
+        let norm = |name: &str, eps: f64| -> Result<RmsNorm> {
+            Ok(RmsNorm::new(w.pp(name).get(d, "weight")?, eps, true))
+        };
+        Ok(Attention {
+            q_proj: load_linear(h, spec.num_heads * d, spec.bias, &w.pp("q_proj"))?,
+            k_proj: load_linear(h, spec.num_kv_heads * d, spec.bias, &w.pp("k_proj"))?,
+            v_proj: load_linear(h, spec.num_kv_heads * d, spec.bias, &w.pp("v_proj"))?,
+            o_proj: load_linear(spec.num_heads * d, h, spec.bias, &w.pp("o_proj"))?,
+            q_norm: spec.qk_norm_eps.map(|e| norm("q_norm", e)).transpose()?,
+            k_norm: spec.qk_norm_eps.map(|e| norm("k_norm", e)).transpose()?,
+            spec: spec.clone(),
+        })
+    }
+
+    pub fn spec(&self) -> &AttentionSpec {
+        &self.spec
+    }
+
+    /// `x (b, L, hidden)` → `(b, L, hidden)`.
+    ///
+    /// - `cos, sin`: rope tables `(b, 1, L, head_dim)` for the new positions;
+    /// - `q_scale`: an extra per-position query factor `(b, 1, L, 1)` (Ministral-3);
+    /// - `masks`: the additive masks of this step; the spec's window picks one;
+    /// - `cache`: this layer's keys/values of earlier positions, extended in place.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        q_scale: Option<&Tensor>,
+        masks: &Masks,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        let s = &self.spec;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            t.reshape((b, l, n, s.head_dim))?.transpose(1, 2)
+        };
+        let mut q = heads(self.q_proj.forward(x)?, s.num_heads)?;
+        let mut k = heads(self.k_proj.forward(x)?, s.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, s.num_kv_heads)?.contiguous()?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let mut q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        if let Some(f) = q_scale {
+            q = q.broadcast_mul(f)?;
+        }
+        let (k, v) = match cache {
+            Some(c) => c.append(&k, &v)?,
+            None => (k, v),
+        };
+        let y = scaled_dot_product(
+            &q,
+            &k,
+            &v,
+            Some(masks.get(s.window)),
+            AttentionOpts {
+                scale: s.scale,
+                softcap: s.softcap,
+            },
+        )?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, l, s.num_heads * s.head_dim))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// The LM head: its own weight or the embedding matrix (tied), with optional final soft-capping.
+#[derive(Debug, Clone)]
+pub struct LmHead {
+    pub linear: Linear,
+    softcap: Option<f64>,
+}
+
+impl LmHead {
+    /// `tied`: reuse `embed` (the same tensor, so a `Var` receives both gradients); otherwise
+    /// read `lm_head.weight` from `w`.
+    pub fn load(
+        hidden: usize,
+        vocab: usize,
+        tied: Option<&Embedding>,
+        softcap: Option<f64>,
+        w: &Weights,
+    ) -> Result<LmHead> {
+        let linear = match tied {
+            Some(e) => Linear::new(e.weight().clone(), None)?,
+            None => load_linear(hidden, vocab, false, w)?,
+        };
+        Ok(LmHead { linear, softcap })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let logits = self.linear.forward(x)?;
+        match self.softcap {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One forward step: input checks and masks
+
+/// Validates the shapes of one `CausalLm::forward` call; returns `(batch, new_len)`.
+pub fn check_inputs(
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+    position_ids: &Tensor,
+    past: usize,
+) -> Result<(usize, usize)> {
+    let (b, l) = input_ids.dims2().map_err(|_| {
+        candle_core::Error::msg(format!(
+            "input_ids must be (batch, len), got shape {:?}",
+            input_ids.dims()
+        ))
+    })?;
+    if position_ids.dims() != [b, l] {
+        candle_core::bail!(
+            "position_ids has shape {:?}, expected (batch, len) = ({b}, {l})",
+            position_ids.dims()
+        );
+    }
+    if let Some(m) = attention_mask
+        && m.dims() != [b, past + l]
+    {
+        candle_core::bail!(
+            "attention_mask has shape {:?}, expected (batch, cached + new) = ({b}, {})",
+            m.dims(),
+            past + l
+        );
+    }
+    Ok((b, l))
+}
+
+/// The additive masks of one step: full causal, and one per sliding window in use.
+#[derive(Debug, Clone)]
+pub struct Masks {
+    full: Tensor,
+    sliding: Vec<(usize, Tensor)>,
+}
+
+impl Masks {
+    /// Queries are the last `q_len` of `past + q_len` positions; `attention_mask (b, past +
+    /// q_len)` marks padding (left or right) among them.
+    pub fn new(
+        batch: usize,
+        q_len: usize,
+        past: usize,
+        attention_mask: Option<&Tensor>,
+        windows: &[usize],
+        device: &Device,
+    ) -> Result<Masks> {
+        let k_len = past + q_len;
+        let build = |w| {
+            build_mask(
+                batch,
+                q_len,
+                k_len,
+                MaskKind::Causal,
+                w,
+                attention_mask,
+                device,
+            )
+        };
+        let full = build(None)?;
+        let mut sliding = Vec::new();
+        for &w in windows {
+            if sliding.iter().any(|(x, _)| *x == w) {
+                continue;
+            }
+            // A window covering every key is the full mask.
+            let m = if w >= k_len {
+                full.clone()
+            } else {
+                build(Some(w))?
+            };
+            sliding.push((w, m));
+        }
+        Ok(Masks { full, sliding })
+    }
+
+    pub fn get(&self, window: Option<usize>) -> &Tensor {
+        window
+            .and_then(|w| self.sliding.iter().find(|(x, _)| *x == w).map(|(_, m)| m))
+            .unwrap_or(&self.full)
+    }
+}
+
+/// One `Option<&mut KvCache>` per layer, from an optional `LmCache`.
+pub(crate) fn layer_caches(
+    cache: Option<&mut LmCache>,
+    num_layers: usize,
+) -> Result<Vec<Option<&mut KvCache>>> {
+    match cache {
+        None => Ok((0..num_layers).map(|_| None).collect()),
+        Some(c) => {
+            if c.layers.len() != num_layers {
+                candle_core::bail!(
+                    "cache has {} layers, the model {num_layers}",
+                    c.layers.len()
+                );
+            }
+            Ok(c.layers.iter_mut().map(Some).collect())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hidden states, logits and a greedy loop
+
+/// A causal LM that also exposes its final hidden states, so callers can take logits of only
+/// the positions they need (generation: the last; training: chunked losses) instead of
+/// materialising `(b, L, vocab)`.
+pub trait DecoderLm: CausalLm {
+    /// Hidden states `(b, L, hidden)` after the final norm; arguments as [`CausalLm::forward`].
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: &Tensor,
+        cache: Option<&mut LmCache>,
+    ) -> Result<Tensor>;
+
+    /// Logits for hidden states of any leading shape (with final soft-capping where configured).
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+}
+
+/// Implements `CausalLm` for a model with `hidden_states`, `logits` and an `info` field.
+macro_rules! impl_causal_lm {
+    ($t:ty) => {
+        impl $crate::lm::CausalLm for $t {
+            fn forward(
+                &self,
+                input_ids: &candle_core::Tensor,
+                attention_mask: Option<&candle_core::Tensor>,
+                position_ids: &candle_core::Tensor,
+                cache: Option<&mut $crate::lm::LmCache>,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                use $crate::decoder::DecoderLm;
+                let h = self.hidden_states(input_ids, attention_mask, position_ids, cache)?;
+                self.logits(&h)
+            }
+
+            fn info(&self) -> &$crate::lm::LmInfo {
+                &self.info
+            }
+        }
+    };
+}
+pub(crate) use impl_causal_lm;
+
+/// Position ids as `generate` derives them from a mask: `cumsum(mask) - 1`, 0 on padding.
+pub fn positions_from_mask(mask: &[Vec<u32>]) -> Vec<Vec<u32>> {
+    mask.iter()
+        .map(|row| {
+            let mut n = 0u32;
+            row.iter()
+                .map(|&m| {
+                    n += m;
+                    if m == 0 { 0 } else { n - 1 }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Greedy decoding as transformers' `generate(do_sample=False)`: prompt rows may be left-padded
+/// (`attention_mask`), a row that emits an eos id is finished and continues with the pad id,
+/// and decoding stops after `max_new_tokens` or when every row is finished. Returns the prompt
+/// plus the new tokens, one row per prompt.
+///
+/// Minimal on purpose (no sampling, no logits processors): the parity reference for the
+/// generation module.
+pub fn greedy_generate<M: DecoderLm + ?Sized>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+    max_new_tokens: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let device = input_ids.device();
+    let (b, l) = input_ids.dims2()?;
+    let mut seqs: Vec<Vec<u32>> = input_ids.to_dtype(DType::U32)?.to_vec2()?;
+    let mut mask: Vec<Vec<u32>> = match attention_mask {
+        Some(m) => m.to_dtype(DType::U32)?.to_vec2()?,
+        None => vec![vec![1; l]; b],
+    };
+    let info = model.info();
+    let eos = &info.eos_token_ids;
+    let pad = info.pad_token_id.or(eos.first().copied()).unwrap_or(0);
+    let positions = positions_from_mask(&mask);
+    let mut last_pos: Vec<u32> = positions.iter().map(|r| r[l - 1]).collect();
+    let mut unfinished = vec![true; b];
+    let mut cache = model.new_cache();
+    let mut step_ids = input_ids.to_dtype(DType::U32)?;
+    let mut step_pos = Tensor::new(positions, device)?;
+    for _ in 0..max_new_tokens {
+        let flat: Vec<u32> = mask.concat();
+        let mask_t = Tensor::from_vec(flat, (b, mask[0].len()), device)?;
+        let h = model.hidden_states(&step_ids, Some(&mask_t), &step_pos, Some(&mut cache))?;
+        let last = h.narrow(1, h.dim(1)? - 1, 1)?;
+        let next: Vec<u32> = model
+            .logits(&last)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .argmax(D::Minus1)?
+            .to_vec1()?;
+        let mut tokens = Vec::with_capacity(b);
+        for i in 0..b {
+            let t = if unfinished[i] { next[i] } else { pad };
+            if eos.contains(&t) {
+                unfinished[i] = false;
+            }
+            seqs[i].push(t);
+            mask[i].push(1);
+            last_pos[i] += 1;
+            tokens.push(t);
+        }
+        if !unfinished.iter().any(|&u| u) {
+            break;
+        }
+        step_ids = Tensor::from_vec(tokens, (b, 1), device)?;
+        step_pos = Tensor::from_vec(last_pos.clone(), (b, 1), device)?;
+    }
+    Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_spellings_agree() -> Result<()> {
+        let v4: Value = serde_json::json!({"rope_theta": 500000.0, "rope_scaling": {"type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        let v5: Value = serde_json::json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}});
+        let a = RopeParams::resolve(
+            v4.get("rope_parameters"),
+            v4.get("rope_scaling"),
+            v4.get("rope_theta").and_then(Value::as_f64),
+            10_000.0,
+            131072,
+        )?;
+        let b = RopeParams::resolve(v5.get("rope_parameters"), None, None, 10_000.0, 131072)?;
+        assert_eq!(a.theta, 500000.0);
+        assert_eq!(a.scaling, b.scaling);
+        let none = RopeParams::resolve(None, Some(&Value::Null), Some(1e6), 1e4, 10)?;
+        assert_eq!((none.theta, none.scaling), (1e6, RopeScaling::Default));
+        let yarn = RopeParams::resolve(
+            Some(&serde_json::json!({"rope_type": "yarn", "original_max_position_embeddings": 16})),
+            None,
+            None,
+            1e4,
+            64,
+        )?;
+        assert!(matches!(yarn.scaling, RopeScaling::Yarn { factor, .. } if factor == 4.0));
+        let err = RopeParams::resolve(
+            Some(&serde_json::json!({"rope_type": "dynamic", "factor": 2.0})),
+            None,
+            None,
+            1e4,
+            64,
+        )
+        .unwrap_err();
+        assert_eq!(
+            error_message(&err),
+            "unsupported rope_type \"dynamic\" (supported: default, linear, llama3, yarn)"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn fp8_block_dequantisation() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::ones((4, 6), DType::F32, &dev)?;
+        let s = Tensor::new(&[[1f32, 2., 3.], [4., 5., 6.]], &dev)?;
+        let d: Vec<Vec<f32>> = dequantize_fp8(&w, &s)?.to_vec2()?;
+        assert_eq!(d[0], vec![1., 1., 2., 2., 3., 3.]);
+        assert_eq!(d[3], vec![4., 4., 5., 5., 6., 6.]);
+        let scalar = Tensor::new(0.5f32, &dev)?;
+        let d: Vec<Vec<f32>> = dequantize_fp8(&w, &scalar)?.to_vec2()?;
+        assert_eq!(d[2][5], 0.5);
+        let bad = Tensor::ones((3, 3), DType::F32, &dev)?;
+        assert_eq!(
+            error_message(&dequantize_fp8(&w, &bad).unwrap_err()),
+            "weight shape (4, 6) not divisible by the scale grid (3, 3)"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn generate_positions() {
+        assert_eq!(
+            positions_from_mask(&[vec![0, 0, 1, 1], vec![1, 1, 1, 1]]),
+            vec![vec![0, 0, 0, 1], vec![0, 1, 2, 3]]
+        );
+    }
+}
