@@ -25,6 +25,7 @@ use clinstruct_nn::Weights;
 use clinstruct_nn::weights::GgufStore;
 use serde_json::json;
 
+use crate::auto::{AnyCausalLm, AnyConfig};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +364,17 @@ impl GgufModel {
     /// Weights under HF names: dense tensors in `dtype`, block-quantized linears kept as is.
     pub fn weights(&self, dtype: DType, device: &Device) -> Weights<'static> {
         Weights::from_gguf(self.store.clone(), dtype, device)
+    }
+
+    /// Builds the decoder: the metadata-derived config through the family's own config
+    /// parser, weights under HF names (block-quantized linears stay quantized).
+    pub fn load_lm(&self, dtype: DType, device: &Device) -> Result<AnyCausalLm> {
+        let invalid = |e: candle_core::Error| GgufError::Invalid {
+            path: self.path.clone(),
+            message: crate::decoder::error_message(&e),
+        };
+        let cfg = AnyConfig::parse(&self.config).map_err(invalid)?;
+        AnyCausalLm::new(&cfg, &self.weights(dtype, device)).map_err(invalid)
     }
 
     /// Tensor count per ggml type (`Q4_K: 27`, ...).
