@@ -47,6 +47,9 @@ pub struct GenerateArgs {
     pub stop: Vec<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Keep going past end-of-sequence tokens (benchmarks: exactly --max-new-tokens tokens).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Print one JSON object (text, token ids, finish reason, timing) instead of streaming.
     #[arg(long)]
     pub json: bool,
@@ -165,6 +168,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         if !eos.contains(&e) {
             eos.push(e);
         }
+    }
+    if args.ignore_eos {
+        eos.clear();
     }
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
