@@ -612,6 +612,19 @@ macro_rules! impl_causal_lm {
                 self.logits(&h)
             }
 
+            fn forward_last(
+                &self,
+                input_ids: &candle_core::Tensor,
+                attention_mask: Option<&candle_core::Tensor>,
+                position_ids: &candle_core::Tensor,
+                cache: Option<&mut $crate::lm::LmCache>,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                use $crate::decoder::DecoderLm;
+                let h = self.hidden_states(input_ids, attention_mask, position_ids, cache)?;
+                let l = h.dim(1)?;
+                self.logits(&h.narrow(1, l - 1, 1)?)
+            }
+
             fn info(&self) -> &$crate::lm::LmInfo {
                 &self.info
             }

@@ -403,7 +403,7 @@ pub fn generate(
     } else {
         None
     };
-    let logits = model.forward(&input, mask_t.as_ref(), &positions, Some(&mut cache))?;
+    let logits = model.forward_last(&input, mask_t.as_ref(), &positions, Some(&mut cache))?;
     let mut last = last_logits(&logits)?;
     stats.prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
@@ -488,7 +488,7 @@ pub fn generate(
         } else {
             None
         };
-        let logits = model.forward(&input, mask_t.as_ref(), &positions, Some(&mut cache))?;
+        let logits = model.forward_last(&input, mask_t.as_ref(), &positions, Some(&mut cache))?;
         last = last_logits(&logits)?;
     }
     stats.decode_seconds = t1.elapsed().as_secs_f64();
