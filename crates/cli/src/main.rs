@@ -31,6 +31,8 @@ enum Command {
     Eval(commands::eval::EvalCommand),
     /// Run the main job on the bundled sample corpora (the quickstart).
     Demo(commands::demo::DemoArgs),
+    /// Generate text with a decoder LM (HF directory or GGUF file).
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Tnm(cmd) => commands::tnm::run(cmd),
         Command::Eval(cmd) => commands::eval::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

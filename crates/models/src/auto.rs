@@ -217,6 +217,17 @@ impl CausalLm for AnyCausalLm {
             .forward(input_ids, attention_mask, position_ids, cache)
     }
 
+    fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: &Tensor,
+        cache: Option<&mut LmCache>,
+    ) -> Result<Tensor> {
+        self.as_decoder()
+            .forward_last(input_ids, attention_mask, position_ids, cache)
+    }
+
     fn info(&self) -> &LmInfo {
         self.as_decoder().info()
     }

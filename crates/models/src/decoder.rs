@@ -3,6 +3,9 @@
 //! greedy loop. Every forward op here has a backward (see `clinstruct_nn`), so the models built
 //! from these pieces train as they infer.
 
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 use clinstruct_nn::attention::{AttentionOpts, MaskKind, build_mask, scaled_dot_product};
 use clinstruct_nn::kv_cache::KvCache;
@@ -228,29 +231,68 @@ pub fn dequantize_fp8(weight: &Tensor, scale_inv: &Tensor) -> Result<Tensor> {
 
 /// Token embeddings, optionally multiplied by a constant (Gemma: `sqrt(hidden)`, in the model
 /// dtype as transformers casts it).
+///
+/// A block-quantized GGUF table stays quantized: rows are dequantized on lookup and a tied LM
+/// head multiplies with the quantized table (a dense f32 copy of a 262k vocabulary would be
+/// ~0.7 GB, read in full for every generated token).
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    weight: Tensor,
+    weight: EmbeddingWeight,
+    dtype: DType,
     scale: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+enum EmbeddingWeight {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
 }
 
 impl Embedding {
     pub fn load(vocab: usize, hidden: usize, scale: Option<f64>, w: &Weights) -> Result<Embedding> {
+        let weight = match w.get_quantized((vocab, hidden), "weight")? {
+            Some(q) => EmbeddingWeight::Quantized(q),
+            None => EmbeddingWeight::Dense(w.get((vocab, hidden), "weight")?),
+        };
         Ok(Embedding {
-            weight: w.get((vocab, hidden), "weight")?,
+            weight,
+            dtype: w.dtype(),
             scale,
         })
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The table `(vocab, hidden)`, dequantized when stored quantized.
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            EmbeddingWeight::Dense(t) => Ok(t.clone()),
+            EmbeddingWeight::Quantized(q) => q.dequantize(&q.device())?.to_dtype(self.dtype),
+        }
+    }
+
+    /// The table as a linear layer for a tied LM head: the same tensor (so a `Var` receives
+    /// both gradients), or the same quantized blocks.
+    pub fn as_linear(&self) -> Result<Linear> {
+        match &self.weight {
+            EmbeddingWeight::Dense(t) => Linear::new(t.clone(), None),
+            EmbeddingWeight::Quantized(q) => Linear::quantized(q.clone(), None),
+        }
     }
 
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
-        let hidden = self.weight.dim(1)?;
         let ids = ids.to_dtype(DType::U32)?.flatten_all()?;
-        let x = self.weight.index_select(&ids, 0)?.reshape((b, l, hidden))?;
+        let x = match &self.weight {
+            EmbeddingWeight::Dense(t) => {
+                let hidden = t.dim(1)?;
+                t.index_select(&ids, 0)?.reshape((b, l, hidden))?
+            }
+            EmbeddingWeight::Quantized(q) => {
+                let hidden = q.shape().dims2()?.1;
+                q.embedding(&ids)?
+                    .to_dtype(self.dtype)?
+                    .reshape((b, l, hidden))?
+            }
+        };
         match self.scale {
             // `affine` rounds the scale to the tensor dtype first, like `embed_scale.to(dtype)`.
             Some(s) => x.affine(s, 0.0),
@@ -412,7 +454,7 @@ impl LmHead {
         w: &Weights,
     ) -> Result<LmHead> {
         let linear = match tied {
-            Some(e) => Linear::new(e.weight().clone(), None)?,
+            Some(e) => e.as_linear()?,
             None => load_linear(hidden, vocab, false, w)?,
         };
         Ok(LmHead { linear, softcap })
@@ -568,6 +610,19 @@ macro_rules! impl_causal_lm {
                 use $crate::decoder::DecoderLm;
                 let h = self.hidden_states(input_ids, attention_mask, position_ids, cache)?;
                 self.logits(&h)
+            }
+
+            fn forward_last(
+                &self,
+                input_ids: &candle_core::Tensor,
+                attention_mask: Option<&candle_core::Tensor>,
+                position_ids: &candle_core::Tensor,
+                cache: Option<&mut $crate::lm::LmCache>,
+            ) -> candle_core::Result<candle_core::Tensor> {
+                use $crate::decoder::DecoderLm;
+                let h = self.hidden_states(input_ids, attention_mask, position_ids, cache)?;
+                let l = h.dim(1)?;
+                self.logits(&h.narrow(1, l - 1, 1)?)
             }
 
             fn info(&self) -> &$crate::lm::LmInfo {

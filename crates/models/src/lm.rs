@@ -55,6 +55,21 @@ pub trait CausalLm {
         cache: Option<&mut LmCache>,
     ) -> Result<Tensor>;
 
+    /// Logits `(b, 1, vocab)` of the last position only, arguments as [`CausalLm::forward`]:
+    /// what generation needs. Decoders override it to skip the LM head on earlier positions
+    /// (with a 262k vocabulary that head dominates a long prefill).
+    fn forward_last(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: &Tensor,
+        cache: Option<&mut LmCache>,
+    ) -> Result<Tensor> {
+        let logits = self.forward(input_ids, attention_mask, position_ids, cache)?;
+        let l = logits.dim(1)?;
+        logits.narrow(1, l - 1, 1)
+    }
+
     fn info(&self) -> &LmInfo;
 
     fn new_cache(&self) -> LmCache {

@@ -58,6 +58,24 @@ impl GgufStore {
         self.tensors.keys()
     }
 
+    /// The tensor stored under its GGUF name.
+    pub fn tensor(&self, gguf_name: &str) -> Option<&Arc<QTensor>> {
+        self.tensors.get(gguf_name)
+    }
+
+    /// Rewrites tensors after loading, by GGUF name: converters bake conventions into some
+    /// tensors (Gemma's `1 + w` norms, llama's interleaved Q/K rows) that HF-layout model code
+    /// does not share.
+    pub fn map_tensors<F>(&mut self, mut f: F) -> Result<()>
+    where
+        F: FnMut(&str, Arc<QTensor>) -> Result<Arc<QTensor>>,
+    {
+        for (name, t) in self.tensors.iter_mut() {
+            *t = f(name, t.clone())?;
+        }
+        Ok(())
+    }
+
     fn lookup(&self, hf_name: &str) -> Option<(String, &Arc<QTensor>)> {
         let gguf_name = (self.rename)(hf_name)?;
         self.tensors.get(&gguf_name).map(|t| (gguf_name, t))

@@ -1,6 +1,7 @@
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod generate;
 pub mod tnm;
 
 use std::io::Write;
