@@ -1,0 +1,339 @@
+//! Banded bidirectional attention: each query sees the keys within `half_width` positions
+//! (`|i - j| <= half_width`, ModernBERT's local layers with `half_width = local_attention / 2`).
+//!
+//! A masked dense attention does `L²` work and keeps `L²` scores per head for the backward pass;
+//! here queries are cut into blocks of `block` rows and each block is scored against only the
+//! key blocks its band reaches (`halo` blocks either side), so work and memory are
+//! `O(L · (2·halo + 1) · block)`. Built from differentiable ops (narrow, cat, matmul, the generic
+//! softmax), so gradients flow to q, k and v unchanged.
+//!
+//! Out-of-range keys (before position 0, after the end) and padding keys get [`MASKED`] in a
+//! mask precomputed once per forward and shared by every local layer.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use super::{AttentionOpts, MASKED, repeat_kv};
+
+/// Where the band reaches for every query block, as an additive mask.
+#[derive(Debug, Clone)]
+pub struct BandMask {
+    batch: usize,
+    len: usize,
+    half_width: usize,
+    block: usize,
+    /// Query blocks: `ceil(len / block)`.
+    blocks: usize,
+    /// Key blocks scored on each side of a query block: `ceil(half_width / block)`.
+    halo: usize,
+    /// `(batch, 1, blocks, block, (2·halo + 1)·block)` in f32: 0 visible, [`MASKED`] not.
+    mask: Tensor,
+}
+
+impl BandMask {
+    /// Blocks of `half_width` rows (at least 1): the band then spans three key blocks, 1.5× the
+    /// `2·half_width + 1` keys a query needs, with few and reasonably sized matmuls.
+    pub fn new(
+        batch: usize,
+        len: usize,
+        half_width: usize,
+        key_padding: Option<&Tensor>,
+        device: &Device,
+    ) -> Result<BandMask> {
+        BandMask::with_block(
+            batch,
+            len,
+            half_width,
+            half_width.max(1),
+            key_padding,
+            device,
+        )
+    }
+
+    /// `key_padding`: `(batch, len)`, 1 for real tokens and 0 for padding (any dtype).
+    pub fn with_block(
+        batch: usize,
+        len: usize,
+        half_width: usize,
+        block: usize,
+        key_padding: Option<&Tensor>,
+        device: &Device,
+    ) -> Result<BandMask> {
+        if block == 0 || len == 0 {
+            candle_core::bail!(
+                "banded attention needs block > 0 and len > 0 (block {block}, len {len})"
+            );
+        }
+        let keep: Option<Vec<Vec<f32>>> = match key_padding {
+            Some(p) => {
+                let (pb, pl) = p.dims2()?;
+                if (pb, pl) != (batch, len) {
+                    candle_core::bail!(
+                        "key padding has shape ({pb}, {pl}), expected ({batch}, {len})"
+                    );
+                }
+                Some(p.to_dtype(DType::F32)?.to_vec2()?)
+            }
+            None => None,
+        };
+        let blocks = len.div_ceil(block);
+        let halo = half_width.div_ceil(block);
+        let width = (2 * halo + 1) * block;
+        let mut data = vec![MASKED; batch * blocks * block * width];
+        for b in 0..batch {
+            for n in 0..blocks {
+                for r in 0..block {
+                    let i = n * block + r;
+                    let row = ((b * blocks + n) * block + r) * width;
+                    for c in 0..width {
+                        // Key c of block n's window sits at (n - halo)·block + c.
+                        let Some(j) = (n * block + c).checked_sub(halo * block) else {
+                            continue;
+                        };
+                        // Queries past the end (i >= len) only fill the last block and their
+                        // output is dropped; they get the same rule.
+                        let real = j < len && keep.as_ref().is_none_or(|k| k[b][j] != 0.0);
+                        if real && i.abs_diff(j) <= half_width {
+                            data[row + c] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(data, (batch, 1, blocks, block, width), device)?;
+        Ok(BandMask {
+            batch,
+            len,
+            half_width,
+            block,
+            blocks,
+            halo,
+            mask,
+        })
+    }
+
+    pub fn half_width(&self) -> usize {
+        self.half_width
+    }
+
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Keys scored per query (the band plus the block rounding).
+    pub fn window(&self) -> usize {
+        (2 * self.halo + 1) * self.block
+    }
+
+    /// Whether the band is cheaper than a dense `len × len` attention.
+    pub fn pays_off(&self) -> bool {
+        self.window() < self.len
+    }
+}
+
+/// `x (b, h, L, d)` with `before` zero rows in front and `after` behind, along `L`.
+fn pad_rows(x: &Tensor, before: usize, after: usize) -> Result<Tensor> {
+    if before == 0 && after == 0 {
+        return x.contiguous();
+    }
+    let (b, h, _, d) = x.dims4()?;
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(Tensor::zeros((b, h, before, d), x.dtype(), x.device())?);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(Tensor::zeros((b, h, after, d), x.dtype(), x.device())?);
+    }
+    Tensor::cat(&parts, 2)
+}
+
+/// `(b, h, (blocks + 2·halo)·block, d)` → every block's key window `(b·h·blocks, width, d)`.
+fn windows(x: &Tensor, blocks: usize, block: usize, halo: usize) -> Result<Tensor> {
+    let (b, h, _, d) = x.dims4()?;
+    let xb = x.reshape((b, h, blocks + 2 * halo, block, d))?;
+    let parts = (0..=2 * halo)
+        .map(|o| xb.narrow(2, o, blocks))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 3)?.reshape((b * h * blocks, (2 * halo + 1) * block, d))
+}
+
+/// `softmax(q·kᵀ·scale + band mask) · v` over the band only, with `q (b, h, L, d)` and
+/// `k, v (b, h_kv, L, d)`; equal to [`super::scaled_dot_product`] with the dense mask of
+/// [`super::build_mask`]`(.., Bidirectional, Some(half_width), key_padding, ..)` at every query
+/// that sees at least one key. `dropout` drops attention probabilities (training).
+pub fn banded_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BandMask,
+    opts: AttentionOpts,
+    dropout: Option<f32>,
+) -> Result<Tensor> {
+    let (b, h, l, d) = q.dims4()?;
+    if (b, l) != (mask.batch, mask.len) {
+        candle_core::bail!(
+            "band mask is for batch {} and length {}, got q with batch {b} and length {l}",
+            mask.batch,
+            mask.len
+        );
+    }
+    let dtype = q.dtype();
+    let n_rep = h / k.dim(1)?;
+    let (blocks, block, halo) = (mask.blocks, mask.block, mask.halo);
+    let padded = blocks * block;
+    let q = pad_rows(q, 0, padded - l)?.reshape((b * h * blocks, block, d))?;
+    let k = pad_rows(
+        &repeat_kv(k, n_rep)?,
+        halo * block,
+        padded - l + halo * block,
+    )?;
+    let v = pad_rows(
+        &repeat_kv(v, n_rep)?,
+        halo * block,
+        padded - l + halo * block,
+    )?;
+    let kw = windows(&k, blocks, block, halo)?;
+    let vw = windows(&v, blocks, block, halo)?;
+    let width = mask.window();
+    let q = q.to_dtype(DType::F32)?;
+    let kw = kw.to_dtype(DType::F32)?;
+    let mut scores = (q.matmul(&kw.t()?)? * opts.scale)?;
+    if let Some(cap) = opts.softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
+    let scores = scores
+        .reshape((b, h, blocks, block, width))?
+        .broadcast_add(&mask.mask)?;
+    let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    if let Some(p) = dropout.filter(|&p| p > 0.0) {
+        probs = candle_nn::ops::dropout(&probs, p)?;
+    }
+    probs
+        .to_dtype(dtype)?
+        .reshape((b * h * blocks, block, width))?
+        .matmul(&vw)?
+        .reshape((b, h, padded, d))?
+        .narrow(2, 0, l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{MaskKind, build_mask, scaled_dot_product};
+    use super::*;
+    use candle_core::Var;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Banded vs dense masked attention: outputs at real queries, and the gradients of a loss
+    /// over real queries with respect to q, k and v.
+    fn check(
+        len: usize,
+        half_width: usize,
+        block: usize,
+        lengths: &[usize],
+        kv_heads: usize,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let batch = lengths.len();
+        let (heads, d) = (4, 8);
+        let q = Var::randn(0f32, 1.5, (batch, heads, len, d), &dev)?;
+        let k = Var::randn(0f32, 1.5, (batch, kv_heads, len, d), &dev)?;
+        let v = Var::randn(0f32, 1., (batch, kv_heads, len, d), &dev)?;
+        let pad: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..len).map(move |j| f32::from(u8::from(j < n))))
+            .collect();
+        let pad = Tensor::from_vec(pad, (batch, len), &dev)?;
+        let opts = AttentionOpts {
+            scale: 1.0 / (d as f64).sqrt(),
+            softcap: None,
+        };
+        let band = BandMask::with_block(batch, len, half_width, block, Some(&pad), &dev)?;
+        let dense_mask = build_mask(
+            batch,
+            len,
+            len,
+            MaskKind::Bidirectional,
+            Some(half_width),
+            Some(&pad),
+            &dev,
+        )?;
+        let yb = banded_attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &band,
+            opts,
+            None,
+        )?;
+        let yd = scaled_dot_product(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            Some(&dense_mask),
+            opts,
+        )?;
+        // Only real queries count: a padding query has the same band but its output is unused.
+        let qmask = pad.reshape((batch, 1, len, 1))?;
+        let yb = yb.broadcast_mul(&qmask)?;
+        let yd = yd.broadcast_mul(&qmask)?;
+        let diff = max_abs_diff(&yb, &yd);
+        assert!(diff < 1e-5, "values differ by {diff}");
+        let w = Tensor::randn(0f32, 1., yb.shape(), &dev)?;
+        let gb = (&yb * &w)?.sum_all()?.backward()?;
+        let gd = (&yd * &w)?.sum_all()?.backward()?;
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let a = gb.get(t.as_tensor()).expect("banded grad");
+            let b = gd.get(t.as_tensor()).expect("dense grad");
+            let diff = max_abs_diff(a, b);
+            assert!(diff < 1e-5, "d{name} differs by {diff}");
+            // With a band of one key the probabilities are constant: dq and dk are truly zero.
+            let norm = a.abs()?.sum_all()?.to_scalar::<f32>()?;
+            assert!(
+                norm > 0.0 || (name != "v" && half_width == 0),
+                "d{name} is zero"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn equals_dense_masked_attention() -> Result<()> {
+        // Length a multiple of the block, and not; the band larger than a block (halo 2).
+        check(48, 4, 4, &[48, 31, 9], 4)?;
+        check(45, 4, 4, &[45, 45], 4)?;
+        check(37, 5, 3, &[37, 20], 4)?;
+        check(40, 3, 8, &[40], 4)?;
+        Ok(())
+    }
+
+    #[test]
+    fn grouped_query_heads_and_degenerate_bands() -> Result<()> {
+        check(30, 4, 4, &[30, 17], 2)?;
+        // Half-width 0: every query sees only itself.
+        check(12, 0, 1, &[12], 4)?;
+        // A band wider than the sequence is plain dense attention.
+        check(10, 32, 32, &[10, 6], 4)?;
+        Ok(())
+    }
+
+    #[test]
+    fn memory_is_linear_in_length() -> Result<()> {
+        let m = BandMask::new(1, 4096, 64, None, &Device::Cpu)?;
+        assert_eq!(m.window(), 192);
+        assert!(m.pays_off());
+        assert_eq!(m.mask.elem_count(), 4096 * 192);
+        Ok(())
+    }
+}
