@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod lm;
+pub mod modernbert;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use lm::{CausalLm, LmCache, LmInfo};

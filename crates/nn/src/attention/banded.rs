@@ -49,6 +49,12 @@ impl BandMask {
         )
     }
 
+    /// Keys scored per query by [`BandMask::new`]'s blocks, without building a mask.
+    pub fn default_window(half_width: usize) -> usize {
+        let block = half_width.max(1);
+        (2 * half_width.div_ceil(block) + 1) * block
+    }
+
     /// `key_padding`: `(batch, len)`, 1 for real tokens and 0 for padding (any dtype).
     pub fn with_block(
         batch: usize,
@@ -332,6 +338,8 @@ mod tests {
     fn memory_is_linear_in_length() -> Result<()> {
         let m = BandMask::new(1, 4096, 64, None, &Device::Cpu)?;
         assert_eq!(m.window(), 192);
+        assert_eq!(BandMask::default_window(64), 192);
+        assert_eq!(BandMask::default_window(0), 1);
         assert!(m.pays_off());
         assert_eq!(m.mask.elem_count(), 4096 * 192);
         Ok(())
