@@ -25,6 +25,11 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Run the main job on the bundled sample corpora (the quickstart).
     Demo(commands::demo::DemoArgs),
+    /// Encoder embeddings ([CLS], mean or every token) for JSONL texts or token ids.
+    Embed(commands::embed::EmbedArgs),
+    /// Run a checkpoint directly (`model forward`: last hidden states for token ids).
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +37,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Model(cmd) => commands::model::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
