@@ -12,8 +12,8 @@
 //! `ForSequenceClassification` checkpoints have it, `ModernBertModel` does not).
 
 use candle_core::{D, DType, Device, Tensor};
-use clinstruct_nn::attention::banded::{BandMask, banded_attention};
-use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask, scaled_dot_product};
+use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
+use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
 use clinstruct_nn::norm::LayerNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding, apply_rotary};
 use clinstruct_nn::{Linear, Weights};
@@ -599,40 +599,18 @@ impl Attention {
                 banded_attention(&q, &k, &v, band, opts, p_drop)?
             }
             (LayerType::Local, LocalMask::Dense(mask)) => {
-                dense(&q, &k, &v, Some(mask), opts, p_drop)?
+                chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
             }
             (LayerType::Local, LocalMask::Unused) => {
                 candle_core::bail!("local layer without a local mask")
             }
-            (LayerType::Global, _) => dense(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?,
+            (LayerType::Global, _) => {
+                chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
+            }
         };
         let y = y.transpose(1, 2)?.reshape((b, l, hidden))?;
         dropout(&self.wo.forward(&y)?, self.dropout, train)
     }
-}
-
-/// Dense attention; with attention dropout (training only) the probabilities are dropped as
-/// transformers does, otherwise the shared [`scaled_dot_product`].
-fn dense(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    opts: AttentionOpts,
-    p_drop: Option<f32>,
-) -> candle_core::Result<Tensor> {
-    let Some(p) = p_drop else {
-        return scaled_dot_product(q, k, v, mask, opts);
-    };
-    let dtype = q.dtype();
-    let q = q.to_dtype(DType::F32)?;
-    let k = k.to_dtype(DType::F32)?;
-    let mut scores = (q.matmul(&k.t()?)? * opts.scale)?;
-    if let Some(m) = mask {
-        scores = scores.broadcast_add(&m.to_dtype(DType::F32)?)?;
-    }
-    let probs = candle_nn::ops::dropout(&candle_nn::ops::softmax(&scores, D::Minus1)?, p)?;
-    probs.to_dtype(dtype)?.matmul(v)
 }
 
 #[derive(Debug, Clone)]

@@ -163,6 +163,12 @@ fn windows(x: &Tensor, blocks: usize, block: usize, halo: usize) -> Result<Tenso
     Tensor::cat(&parts, 3)?.reshape((b * h * blocks, (2 * halo + 1) * block, d))
 }
 
+/// Score elements computed per chunk of queries (16 MB in f32). Bounding the temporaries keeps
+/// them in cache and below glibc's mmap threshold, so their memory is reused instead of freshly
+/// mapped and zeroed: page faults were a quarter of a 4,096-token forward with whole-sequence
+/// score tensors.
+const CHUNK_ELEMS: usize = 1 << 22;
+
 /// `softmax(q·kᵀ·scale + band mask) · v` over the band only, with `q (b, h, L, d)` and
 /// `k, v (b, h_kv, L, d)`; equal to [`super::scaled_dot_product`] with the dense mask of
 /// [`super::build_mask`]`(.., Bidirectional, Some(half_width), key_padding, ..)` at every query
@@ -175,6 +181,18 @@ pub fn banded_attention(
     opts: AttentionOpts,
     dropout: Option<f32>,
 ) -> Result<Tensor> {
+    banded_chunks(q, k, v, mask, opts, dropout, CHUNK_ELEMS)
+}
+
+fn banded_chunks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &BandMask,
+    opts: AttentionOpts,
+    dropout: Option<f32>,
+    chunk_elems: usize,
+) -> Result<Tensor> {
     let (b, h, l, d) = q.dims4()?;
     if (b, l) != (mask.batch, mask.len) {
         candle_core::bail!(
@@ -186,40 +204,122 @@ pub fn banded_attention(
     let dtype = q.dtype();
     let n_rep = h / k.dim(1)?;
     let (blocks, block, halo) = (mask.blocks, mask.block, mask.halo);
-    let padded = blocks * block;
-    let q = pad_rows(q, 0, padded - l)?.reshape((b * h * blocks, block, d))?;
-    let k = pad_rows(
-        &repeat_kv(k, n_rep)?,
-        halo * block,
-        padded - l + halo * block,
-    )?;
-    let v = pad_rows(
-        &repeat_kv(v, n_rep)?,
-        halo * block,
-        padded - l + halo * block,
-    )?;
-    let kw = windows(&k, blocks, block, halo)?;
-    let vw = windows(&v, blocks, block, halo)?;
     let width = mask.window();
-    let q = q.to_dtype(DType::F32)?;
-    let kw = kw.to_dtype(DType::F32)?;
-    let mut scores = (q.matmul(&kw.t()?)? * opts.scale)?;
-    if let Some(cap) = opts.softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
+    let padded = blocks * block;
+    let tail = padded - l + halo * block;
+    // The scale goes on q (L·d values) rather than on the scores (L·width).
+    let q = pad_rows(&(q.to_dtype(DType::F32)? * opts.scale)?, 0, padded - l)?;
+    let k = pad_rows(
+        &repeat_kv(k, n_rep)?.to_dtype(DType::F32)?,
+        halo * block,
+        tail,
+    )?;
+    let v = pad_rows(&repeat_kv(v, n_rep)?, halo * block, tail)?;
+    let per_chunk = (chunk_elems / (b * h * block * width)).max(1);
+    let mut outs = Vec::with_capacity(blocks.div_ceil(per_chunk));
+    for n0 in (0..blocks).step_by(per_chunk) {
+        let nc = per_chunk.min(blocks - n0);
+        let qc = q
+            .narrow(2, n0 * block, nc * block)?
+            .contiguous()?
+            .reshape((b * h * nc, block, d))?;
+        // Key rows of this chunk's windows: its blocks plus `halo` blocks on each side.
+        let span = (nc + 2 * halo) * block;
+        let kw = windows(
+            &k.narrow(2, n0 * block, span)?.contiguous()?,
+            nc,
+            block,
+            halo,
+        )?;
+        let vw = windows(
+            &v.narrow(2, n0 * block, span)?.contiguous()?,
+            nc,
+            block,
+            halo,
+        )?;
+        let mut scores = qc.matmul(&kw.t()?)?;
+        if let Some(cap) = opts.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let scores = scores
+            .reshape((b, h, nc, block, width))?
+            .broadcast_add(&mask.mask.narrow(2, n0, nc)?)?;
+        let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        if let Some(p) = dropout.filter(|&p| p > 0.0) {
+            probs = candle_nn::ops::dropout(&probs, p)?;
+        }
+        outs.push(
+            probs
+                .to_dtype(dtype)?
+                .reshape((b * h * nc, block, width))?
+                .matmul(&vw)?
+                .reshape((b, h, nc * block, d))?,
+        );
     }
-    let scores = scores
-        .reshape((b, h, blocks, block, width))?
-        .broadcast_add(&mask.mask)?;
-    let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    if let Some(p) = dropout.filter(|&p| p > 0.0) {
-        probs = candle_nn::ops::dropout(&probs, p)?;
+    Tensor::cat(&outs, 2)?.narrow(2, 0, l)
+}
+
+/// Dense attention computed for chunks of queries at a time (global layers at long context):
+/// the same values and gradients as [`super::scaled_dot_product`], with score temporaries of
+/// bounded size instead of `L²`. `key_bias`: an additive mask `(b, 1, 1, Lk)` or
+/// `(b, 1, Lq, Lk)` ([`super::MASKED`] where hidden). `dropout` drops attention probabilities.
+pub fn chunked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: Option<&Tensor>,
+    opts: AttentionOpts,
+    dropout: Option<f32>,
+) -> Result<Tensor> {
+    dense_chunks(q, k, v, key_bias, opts, dropout, CHUNK_ELEMS)
+}
+
+fn dense_chunks(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: Option<&Tensor>,
+    opts: AttentionOpts,
+    dropout: Option<f32>,
+    chunk_elems: usize,
+) -> Result<Tensor> {
+    let (b, h, l, _) = q.dims4()?;
+    let lk = k.dim(2)?;
+    let dtype = q.dtype();
+    let n_rep = h / k.dim(1)?;
+    let q = (q.to_dtype(DType::F32)? * opts.scale)?;
+    let kt = repeat_kv(k, n_rep)?
+        .to_dtype(DType::F32)?
+        .t()?
+        .contiguous()?;
+    let v = repeat_kv(v, n_rep)?.contiguous()?;
+    let bias = key_bias.map(|m| m.to_dtype(DType::F32)).transpose()?;
+    let rows = (chunk_elems / (b * h * lk)).clamp(1, l);
+    let mut outs = Vec::with_capacity(l.div_ceil(rows));
+    for start in (0..l).step_by(rows) {
+        let n = rows.min(l - start);
+        let mut scores = q.narrow(2, start, n)?.contiguous()?.matmul(&kt)?;
+        if let Some(cap) = opts.softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        if let Some(m) = &bias {
+            let m = if m.dim(2)? == 1 {
+                m.clone()
+            } else {
+                m.narrow(2, start, n)?
+            };
+            scores = scores.broadcast_add(&m)?;
+        }
+        let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        if let Some(p) = dropout.filter(|&p| p > 0.0) {
+            probs = candle_nn::ops::dropout(&probs, p)?;
+        }
+        outs.push(probs.to_dtype(dtype)?.matmul(&v)?);
     }
-    probs
-        .to_dtype(dtype)?
-        .reshape((b * h * blocks, block, width))?
-        .matmul(&vw)?
-        .reshape((b, h, padded, d))?
-        .narrow(2, 0, l)
+    if outs.len() == 1 {
+        return Ok(outs.remove(0));
+    }
+    Tensor::cat(&outs, 2)
 }
 
 #[cfg(test)]
@@ -241,8 +341,67 @@ mod tests {
             .unwrap()
     }
 
-    /// Banded vs dense masked attention: outputs at real queries, and the gradients of a loss
+    type Attn<'a> = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + 'a>;
+
+    /// Candidates vs the dense reference: outputs at real queries, and the gradients of a loss
     /// over real queries with respect to q, k and v.
+    fn compare(
+        shape: (usize, usize, usize, usize),
+        kv_heads: usize,
+        pad: &Tensor,
+        reference: Attn,
+        candidates: Vec<(&str, Attn)>,
+        band_of_one: bool,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let (batch, heads, len, d) = shape;
+        let q = Var::randn(0f32, 1.5, (batch, heads, len, d), &dev)?;
+        let k = Var::randn(0f32, 1.5, (batch, kv_heads, len, d), &dev)?;
+        let v = Var::randn(0f32, 1., (batch, kv_heads, len, d), &dev)?;
+        // Only real queries count: a padding query's output is unused.
+        let qmask = pad.reshape((batch, 1, len, 1))?;
+        let run = |f: &Attn| f(q.as_tensor(), k.as_tensor(), v.as_tensor())?.broadcast_mul(&qmask);
+        let yd = run(&reference)?;
+        let w = Tensor::randn(0f32, 1., yd.shape(), &dev)?;
+        let gd = (&yd * &w)?.sum_all()?.backward()?;
+        for (name, f) in &candidates {
+            let y = run(f)?;
+            let diff = max_abs_diff(&y, &yd);
+            assert!(diff < 1e-5, "{name}: values differ by {diff}");
+            let g = (&y * &w)?.sum_all()?.backward()?;
+            for (which, t) in [("q", &q), ("k", &k), ("v", &v)] {
+                let a = g.get(t.as_tensor()).expect("candidate grad");
+                let b = gd.get(t.as_tensor()).expect("dense grad");
+                let diff = max_abs_diff(a, b);
+                assert!(diff < 1e-5, "{name}: d{which} differs by {diff}");
+                // With a band of one key the probabilities are constant: dq and dk are zero.
+                let norm = a.abs()?.sum_all()?.to_scalar::<f32>()?;
+                assert!(
+                    norm > 0.0 || (which != "v" && band_of_one),
+                    "{name}: d{which} is zero"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn padding(lengths: &[usize], len: usize) -> Result<Tensor> {
+        let pad: Vec<f32> = lengths
+            .iter()
+            .flat_map(|&n| (0..len).map(move |j| f32::from(u8::from(j < n))))
+            .collect();
+        Tensor::from_vec(pad, (lengths.len(), len), &Device::Cpu)
+    }
+
+    fn opts(d: usize) -> AttentionOpts {
+        AttentionOpts {
+            scale: 1.0 / (d as f64).sqrt(),
+            softcap: None,
+        }
+    }
+
+    /// Banded (in one chunk and block by block) and chunked dense attention with the band mask,
+    /// against `scaled_dot_product` with the dense band mask.
     fn check(
         len: usize,
         half_width: usize,
@@ -251,20 +410,8 @@ mod tests {
         kv_heads: usize,
     ) -> Result<()> {
         let dev = Device::Cpu;
-        let batch = lengths.len();
-        let (heads, d) = (4, 8);
-        let q = Var::randn(0f32, 1.5, (batch, heads, len, d), &dev)?;
-        let k = Var::randn(0f32, 1.5, (batch, kv_heads, len, d), &dev)?;
-        let v = Var::randn(0f32, 1., (batch, kv_heads, len, d), &dev)?;
-        let pad: Vec<f32> = lengths
-            .iter()
-            .flat_map(|&n| (0..len).map(move |j| f32::from(u8::from(j < n))))
-            .collect();
-        let pad = Tensor::from_vec(pad, (batch, len), &dev)?;
-        let opts = AttentionOpts {
-            scale: 1.0 / (d as f64).sqrt(),
-            softcap: None,
-        };
+        let (batch, heads, d) = (lengths.len(), 4, 8);
+        let pad = padding(lengths, len)?;
         let band = BandMask::with_block(batch, len, half_width, block, Some(&pad), &dev)?;
         let dense_mask = build_mask(
             batch,
@@ -275,43 +422,66 @@ mod tests {
             Some(&pad),
             &dev,
         )?;
-        let yb = banded_attention(
-            q.as_tensor(),
-            k.as_tensor(),
-            v.as_tensor(),
-            &band,
-            opts,
-            None,
-        )?;
-        let yd = scaled_dot_product(
-            q.as_tensor(),
-            k.as_tensor(),
-            v.as_tensor(),
-            Some(&dense_mask),
-            opts,
-        )?;
-        // Only real queries count: a padding query has the same band but its output is unused.
-        let qmask = pad.reshape((batch, 1, len, 1))?;
-        let yb = yb.broadcast_mul(&qmask)?;
-        let yd = yd.broadcast_mul(&qmask)?;
-        let diff = max_abs_diff(&yb, &yd);
-        assert!(diff < 1e-5, "values differ by {diff}");
-        let w = Tensor::randn(0f32, 1., yb.shape(), &dev)?;
-        let gb = (&yb * &w)?.sum_all()?.backward()?;
-        let gd = (&yd * &w)?.sum_all()?.backward()?;
-        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
-            let a = gb.get(t.as_tensor()).expect("banded grad");
-            let b = gd.get(t.as_tensor()).expect("dense grad");
-            let diff = max_abs_diff(a, b);
-            assert!(diff < 1e-5, "d{name} differs by {diff}");
-            // With a band of one key the probabilities are constant: dq and dk are truly zero.
-            let norm = a.abs()?.sum_all()?.to_scalar::<f32>()?;
-            assert!(
-                norm > 0.0 || (name != "v" && half_width == 0),
-                "d{name} is zero"
-            );
-        }
-        Ok(())
+        let o = opts(d);
+        let (band, dm) = (&band, &dense_mask);
+        compare(
+            (batch, heads, len, d),
+            kv_heads,
+            &pad,
+            Box::new(move |q, k, v| scaled_dot_product(q, k, v, Some(dm), o)),
+            vec![
+                (
+                    "banded",
+                    Box::new(move |q, k, v| banded_attention(q, k, v, band, o, None)),
+                ),
+                (
+                    "banded, one block per chunk",
+                    Box::new(move |q, k, v| banded_chunks(q, k, v, band, o, None, 1)),
+                ),
+                (
+                    "chunked dense, 5 rows per chunk",
+                    Box::new(move |q, k, v| {
+                        dense_chunks(q, k, v, Some(dm), o, None, 5 * batch * heads * len)
+                    }),
+                ),
+            ],
+            half_width == 0,
+        )
+    }
+
+    #[test]
+    fn chunked_dense_equals_dense_with_key_padding() -> Result<()> {
+        // Global layers: a (b, 1, 1, L) key-padding bias, queries in uneven chunks.
+        let dev = Device::Cpu;
+        let (len, lengths, d) = (23, [23, 14, 5], 8);
+        let pad = padding(&lengths, len)?;
+        let full = build_mask(3, len, len, MaskKind::Bidirectional, None, Some(&pad), &dev)?;
+        let bias = ((pad.ones_like()? - &pad)? * f64::from(MASKED))?.reshape((3, 1, 1, len))?;
+        let o = opts(d);
+        let (full, bias) = (&full, &bias);
+        compare(
+            (3, 4, len, d),
+            2,
+            &pad,
+            Box::new(move |q, k, v| scaled_dot_product(q, k, v, Some(full), o)),
+            vec![
+                (
+                    "chunked, one chunk",
+                    Box::new(move |q, k, v| chunked_attention(q, k, v, Some(bias), o, None)),
+                ),
+                (
+                    "chunked, 4 rows",
+                    Box::new(move |q, k, v| {
+                        dense_chunks(q, k, v, Some(bias), o, None, 4 * 3 * 4 * len)
+                    }),
+                ),
+                (
+                    "chunked, 1 row",
+                    Box::new(move |q, k, v| dense_chunks(q, k, v, Some(bias), o, None, 1)),
+                ),
+            ],
+            false,
+        )
     }
 
     #[test]
