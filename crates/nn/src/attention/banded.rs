@@ -163,6 +163,99 @@ fn windows(x: &Tensor, blocks: usize, block: usize, halo: usize) -> Result<Tenso
     Tensor::cat(&parts, 3)?.reshape((b * h * blocks, (2 * halo + 1) * block, d))
 }
 
+/// Softmax over the last dimension with a backward pass. On CPU in f32 it runs as one fused
+/// pass per row (max, exp with a vectorisable polynomial, normalise) instead of the five
+/// allocating passes of the generic op; elsewhere it is `candle_nn::ops::softmax`. candle's own
+/// fused `softmax_last_dim` is forward-only (it silently cuts gradients), hence this op.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(FusedSoftmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+struct FusedSoftmax;
+
+impl candle_core::CustomOp1 for FusedSoftmax {
+    fn name(&self) -> &'static str {
+        "clinstruct-softmax-last-dim"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused softmax: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused softmax: contiguous input only");
+        };
+        let x = &data[start..end];
+        let dim = *layout.dims().last().unwrap_or(&1);
+        let mut out = vec![0f32; x.len()];
+        if let Some(rows) = x.len().checked_div(dim) {
+            let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+            let per = rows.div_ceil(threads) * dim;
+            std::thread::scope(|scope| {
+                for (xs, os) in x.chunks(per).zip(out.chunks_mut(per)) {
+                    scope.spawn(move || {
+                        for (xr, or) in xs.chunks_exact(dim).zip(os.chunks_exact_mut(dim)) {
+                            softmax_row(xr, or);
+                        }
+                    });
+                }
+            });
+        }
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `dx = y · (dy - Σ dy·y)`, from differentiable ops.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let gy = (grad * res)?;
+        let dot = gy.sum_keepdim(D::Minus1)?;
+        Ok(Some((gy - res.broadcast_mul(&dot)?)?))
+    }
+}
+
+fn softmax_row(x: &[f32], out: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let e = exp_poly(v - max);
+        *o = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `e^x` for `x <= 0` (softmax arguments after the max is subtracted), branch-free so loops
+/// vectorise: Cody–Waite reduction `x = n·ln2 + r`, Cephes' degree-6 polynomial for `e^r`
+/// (relative error ~2e-7, like libm's `expf` within f32 rounding), `2^n` through the exponent
+/// bits. Below -87.3 (including masked scores) the result is exactly 0.
+#[inline(always)]
+fn exp_poly(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.max(-87.3);
+    let n = (xc * std::f32::consts::LOG2_E).round();
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { e * scale }
+}
+
 /// Score elements computed per chunk of queries (16 MB in f32). Bounding the temporaries keeps
 /// them in cache and below glibc's mmap threshold, so their memory is reused instead of freshly
 /// mapped and zeroed: page faults were a quarter of a 4,096-token forward with whole-sequence
@@ -244,7 +337,7 @@ fn banded_chunks(
         let scores = scores
             .reshape((b, h, nc, block, width))?
             .broadcast_add(&mask.mask.narrow(2, n0, nc)?)?;
-        let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let mut probs = softmax_last_dim(&scores)?;
         if let Some(p) = dropout.filter(|&p| p > 0.0) {
             probs = candle_nn::ops::dropout(&probs, p)?;
         }
@@ -310,7 +403,7 @@ fn dense_chunks(
             };
             scores = scores.broadcast_add(&m)?;
         }
-        let mut probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let mut probs = softmax_last_dim(&scores)?;
         if let Some(p) = dropout.filter(|&p| p > 0.0) {
             probs = candle_nn::ops::dropout(&probs, p)?;
         }
@@ -501,6 +594,38 @@ mod tests {
         check(12, 0, 1, &[12], 4)?;
         // A band wider than the sequence is plain dense attention.
         check(10, 32, 32, &[10, 6], 4)?;
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 4., (3, 5, 37), &dev)?;
+        // Masked entries, a fully masked row and large magnitudes.
+        let mut m = vec![0f32; 3 * 5 * 37];
+        for (i, v) in m.iter_mut().enumerate() {
+            if i % 7 == 0 || (74..111).contains(&i) {
+                *v = MASKED;
+            }
+        }
+        let xm = x.broadcast_add(&Tensor::from_vec(m, (3, 5, 37), &dev)?)?;
+        let a = softmax_last_dim(&xm)?;
+        let b = candle_nn::ops::softmax(&xm, D::Minus1)?;
+        assert!(max_abs_diff(&a, &b) < 1e-6, "{}", max_abs_diff(&a, &b));
+        let w = Tensor::randn(0f32, 1., a.shape(), &dev)?;
+        let ga = (&a * &w)?.sum_all()?.backward()?;
+        let gb = (&b * &w)?.sum_all()?.backward()?;
+        let d = max_abs_diff(
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-6, "{d}");
+        for v in [-87.0f32, -20.5, -3.3, -1e-3, 0.0] {
+            let rel = (exp_poly(v) - v.exp()).abs() / v.exp();
+            assert!(rel < 5e-7, "exp({v}): {rel}");
+        }
+        assert_eq!(exp_poly(-100.0), 0.0);
+        assert_eq!(exp_poly(MASKED), 0.0);
         Ok(())
     }
 
