@@ -72,6 +72,11 @@ impl LayerNorm {
         })
     }
 
+    /// From tensors already loaded (e.g. through [`crate::Weights`], which has no `VarBuilder`).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, eps: f64) -> LayerNorm {
+        LayerNorm { weight, bias, eps }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
