@@ -105,7 +105,7 @@ fn forward(args: ForwardArgs) -> Result<()> {
 /// The encoder or decoder a checkpoint holds, chosen by its architecture. Encoders give last
 /// hidden states, decoders logits.
 pub enum Backbone {
-    ModernBert(ModernBert),
+    ModernBert(Box<ModernBert>),
     Decoder(Box<AnyCausalLm>, String),
 }
 
@@ -127,9 +127,11 @@ impl Backbone {
             )
         })?;
         match arch.as_str() {
-            a if modernbert::ARCHITECTURES.contains(&a) || a == modernbert::MODEL_TYPE => Ok(
-                Backbone::ModernBert(ModernBert::from_checkpoint(&ckpt, dtype, &device)?),
-            ),
+            a if modernbert::ARCHITECTURES.contains(&a) || a == modernbert::MODEL_TYPE => {
+                Ok(Backbone::ModernBert(Box::new(ModernBert::from_checkpoint(
+                    &ckpt, dtype, &device,
+                )?)))
+            }
             a if SUPPORTED_ARCHITECTURES.contains(&a) => Ok(Backbone::Decoder(
                 Box::new(AnyCausalLm::load(&ckpt, dtype, &device)?),
                 a.to_string(),
