@@ -542,7 +542,11 @@ impl PeftAdapter {
         let json: AdapterConfigJson = serde_json::from_str(&text)
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", cfg_path.display())))?;
         if json.peft_type != "LORA" {
-            candle_core::bail!("{}: peft_type {} is not LORA", cfg_path.display(), json.peft_type);
+            candle_core::bail!(
+                "{}: peft_type {} is not LORA",
+                cfg_path.display(),
+                json.peft_type
+            );
         }
         // Refuse what we would silently get wrong.
         if json.use_dora || json.fan_in_fan_out || json.bias != "none" {
@@ -552,12 +556,14 @@ impl PeftAdapter {
             );
         }
         if !json.rank_pattern.is_empty() || !json.alpha_pattern.is_empty() {
-            candle_core::bail!("{}: rank_pattern/alpha_pattern are not supported", cfg_path.display());
+            candle_core::bail!(
+                "{}: rank_pattern/alpha_pattern are not supported",
+                cfg_path.display()
+            );
         }
-        let alpha = json
-            .lora_alpha
-            .as_f64()
-            .ok_or_else(|| candle_core::Error::msg("adapter_config.json: lora_alpha is not a number"))?;
+        let alpha = json.lora_alpha.as_f64().ok_or_else(|| {
+            candle_core::Error::msg("adapter_config.json: lora_alpha is not a number")
+        })?;
         let targets = match &json.target_modules {
             Some(serde_json::Value::String(s)) => Targets::parse(s),
             Some(serde_json::Value::Array(v)) => Targets::Names(
@@ -589,7 +595,10 @@ impl PeftAdapter {
         let mut weights = BTreeMap::new();
         for (path, a) in a_by {
             let b = b_by.remove(&path).ok_or_else(|| {
-                candle_core::Error::msg(format!("{}: {path} has lora_A but no lora_B", file.display()))
+                candle_core::Error::msg(format!(
+                    "{}: {path} has lora_A but no lora_B",
+                    file.display()
+                ))
             })?;
             if a.dim(0)? != json.r || b.dim(1)? != json.r {
                 candle_core::bail!("{}: {path} does not have rank {}", file.display(), json.r);
@@ -668,8 +677,14 @@ pub fn save_peft(
         .map_err(|e| candle_core::Error::msg(format!("{}: {e}", cfg_path.display())))?;
     let mut tensors = HashMap::new();
     for (path, lora) in adapters {
-        tensors.insert(peft_key(path, "lora_A"), lora.a.as_tensor().to_device(&Device::Cpu)?);
-        tensors.insert(peft_key(path, "lora_B"), lora.b.as_tensor().to_device(&Device::Cpu)?);
+        tensors.insert(
+            peft_key(path, "lora_A"),
+            lora.a.as_tensor().to_device(&Device::Cpu)?,
+        );
+        tensors.insert(
+            peft_key(path, "lora_B"),
+            lora.b.as_tensor().to_device(&Device::Cpu)?,
+        );
     }
     candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))
 }
@@ -696,7 +711,8 @@ pub fn export_merged(
         for (name, t) in tensors.iter_mut() {
             if let Some(lora) = by_weight.get(name) {
                 let delta = lora.delta_weight()?.to_device(&Device::Cpu)?;
-                *t = (t.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(t.dtype())?;
+                *t =
+                    (t.to_dtype(DType::F32)? + delta.to_dtype(DType::F32)?)?.to_dtype(t.dtype())?;
                 merged += 1;
             }
         }
@@ -706,7 +722,9 @@ pub fn export_merged(
         let out = out_dir.join(name);
         candle_core::safetensors::save(&tensors, &out)?;
         written.push(out);
-        if let Some(index) = file.parent().map(|d| d.join("model.safetensors.index.json"))
+        if let Some(index) = file
+            .parent()
+            .map(|d| d.join("model.safetensors.index.json"))
             && index.exists()
         {
             let dst = out_dir.join("model.safetensors.index.json");

@@ -14,7 +14,12 @@ fn fixture() -> HashMap<String, Tensor> {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn u8s(t: &Tensor) -> Vec<u8> {
@@ -52,16 +57,32 @@ fn plain_nf4_is_bit_exact() -> Result<()> {
             ..Nf4Config::default()
         };
         let q = Nf4Tensor::quantize(input, cfg)?;
-        same(&u8s(q.packed()), &u8s(&fx[&format!("{case}.packed")]), &format!("{case}: packed"));
+        same(
+            &u8s(q.packed()),
+            &u8s(&fx[&format!("{case}.packed")]),
+            &format!("{case}: packed"),
+        );
         let Absmax::F32(absmax) = q.absmax() else {
             panic!("plain absmax expected")
         };
-        same(&f32s(absmax), &f32s(&fx[&format!("{case}.absmax")]), &format!("{case}: absmax"));
+        same(
+            &f32s(absmax),
+            &f32s(&fx[&format!("{case}.absmax")]),
+            &format!("{case}: absmax"),
+        );
         let deq = q.dequantize()?;
         assert_eq!(deq.dims(), input.dims());
-        same(&f32s(&deq), &f32s(&fx[&format!("{case}.dequant")]), &format!("{case}: dequant"));
+        same(
+            &f32s(&deq),
+            &f32s(&fx[&format!("{case}.dequant")]),
+            &format!("{case}: dequant"),
+        );
         // The tensor-op path (other devices) gives the same values.
-        same(&f32s(&q.dequantize_with_ops()?), &f32s(&deq), &format!("{case}: ops path"));
+        same(
+            &f32s(&q.dequantize_with_ops()?),
+            &f32s(&deq),
+            &format!("{case}: ops path"),
+        );
     }
     Ok(())
 }
@@ -88,18 +109,29 @@ fn double_quantised_constants_match_bitsandbytes() -> Result<()> {
             (offset - want_offset).abs() <= want_offset.abs() * 2.0 * f32::EPSILON,
             "{case}: offset"
         );
-        same(&u8s(qa), &u8s(&fx[&format!("{case}.dq.q")]), &format!("{case}: 8-bit absmax"));
+        same(
+            &u8s(qa),
+            &u8s(&fx[&format!("{case}.dq.q")]),
+            &format!("{case}: 8-bit absmax"),
+        );
         let a2 = f32s(absmax2);
         let want_a2 = f32s(&fx[&format!("{case}.dq.absmax2")]);
         for (x, y) in a2.iter().zip(&want_a2) {
-            assert!((x - y).abs() <= y.abs() * 4.0 * f32::EPSILON, "{case}: absmax2");
+            assert!(
+                (x - y).abs() <= y.abs() * 4.0 * f32::EPSILON,
+                "{case}: absmax2"
+            );
         }
         let deq = f32s(&q.dequantize()?);
         let want = f32s(&fx[&format!("{case}.dq.dequant")]);
         for (x, y) in deq.iter().zip(&want) {
             assert!((x - y).abs() <= 1e-6 * y.abs().max(1e-3), "{case}: dequant");
         }
-        same(&f32s(&q.dequantize_with_ops()?), &deq, &format!("{case}: ops path"));
+        same(
+            &f32s(&q.dequantize_with_ops()?),
+            &deq,
+            &format!("{case}: ops path"),
+        );
     }
     Ok(())
 }
@@ -143,9 +175,12 @@ fn nf4_weight_is_under_a_third_of_bf16() -> Result<()> {
     assert!(ratio <= 0.3, "nf4/bf16 = {ratio:.4}");
     assert!((ratio - 0.2581).abs() < 1e-3, "nf4/bf16 = {ratio:.4}");
     // And the error is what NF4 gives on Gaussian weights (relative RMSE about 0.09).
-    let err = (q.dequantize()? - &w)?.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
+    let err = (q.dequantize()? - &w)?
+        .sqr()?
+        .mean_all()?
+        .sqrt()?
+        .to_scalar::<f32>()?;
     let rel = err / 0.02;
     assert!(rel > 0.05 && rel < 0.12, "relative rmse {rel}");
     Ok(())
 }
-

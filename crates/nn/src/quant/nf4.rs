@@ -337,7 +337,13 @@ pub fn quantize_slice(values: &[f32], block_size: usize) -> (Vec<u8>, Vec<f32>) 
 }
 
 /// Writes `out.len()` dequantised values starting at element `start`.
-fn dequantize_into(packed: &[u8], absmax: &[f32], block_size: usize, start: usize, out: &mut [f32]) {
+fn dequantize_into(
+    packed: &[u8],
+    absmax: &[f32],
+    block_size: usize,
+    start: usize,
+    out: &mut [f32],
+) {
     let lut = pair_lut();
     if block_size % 2 == 0 && start % block_size == 0 {
         // Whole blocks: one scale per run of bytes; tasks of ~16k values run in parallel.
