@@ -109,7 +109,7 @@ pub fn attach_input_grad(
 
 /// `x · Wᵀ` for `x (rows, in)` and a frozen dense `W (out, in)`.
 pub fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let y = x.detach().matmul(&w.t()?)?;
+    let y = x.detach().matmul(&w.to_dtype(x.dtype())?.t()?)?;
     let w = w.clone();
     attach_input_grad(
         "frozen-dense",
