@@ -22,8 +22,8 @@ use clinstruct_nn::cpu::with_slice;
 /// How per-sample losses become one number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// `Σ wᵢℓᵢ / Σ wᵢ` over kept targets (PyTorch's `mean` with class weights). 0 when nothing is
-    /// kept (PyTorch gives NaN).
+    /// `Σ wᵢℓᵢ / Σ wᵢ` over kept targets (PyTorch's `mean` with class weights). 0 without
+    /// gradients when nothing is kept (PyTorch gives NaN).
     Mean,
     /// `Σ wᵢℓᵢ / (number of kept targets)` (the seed system's per-head normalisation).
     MeanOverCount,
@@ -105,8 +105,9 @@ pub fn cross_entropy(
         Reduction::MeanOverCount => targets.iter().filter(|&&t| t >= 0).count() as f64,
     };
     if denom == 0.0 {
-        // Keeps the graph (zero gradients) instead of PyTorch's NaN.
-        return sum * 0.0;
+        // 0 without gradients instead of PyTorch's NaN: the optimiser then skips these
+        // parameters, as torch skips parameters whose `.grad` is None.
+        return sum.zeros_like();
     }
     sum / denom
 }
@@ -162,9 +163,9 @@ pub fn masked_multi_head_loss(heads: &[Head<'_>], norm: HeadNorm) -> Result<Mult
     }
     let total = match total {
         Some(t) => t,
-        // No labels at all: a zero that still reaches every head (zero gradients).
+        // No labels at all: 0 without gradients (the step skips these parameters).
         None => match heads.first() {
-            Some(h) => (h.logits.sum_all()? * 0.0)?,
+            Some(h) => Tensor::zeros((), h.logits.dtype(), h.logits.device())?,
             None => candle_core::bail!("masked_multi_head_loss: no heads"),
         },
     };

@@ -80,10 +80,20 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<AdamW> {
+        AdamW::build(params, cfg, false)
+    }
+
+    /// The tensor-op update that non-CPU devices run, also on CPU (to test it against the
+    /// fused one).
+    pub fn new_unfused(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<AdamW> {
+        AdamW::build(params, cfg, true)
+    }
+
+    fn build(params: Vec<(String, Var)>, cfg: AdamWConfig, unfused: bool) -> Result<AdamW> {
         let params = params
             .into_iter()
             .map(|(name, var)| {
-                let moments = new_moments(&var)?;
+                let moments = new_moments(&var, unfused)?;
                 Ok(Param {
                     name,
                     var,
@@ -294,9 +304,9 @@ fn initial_master(var: &Var) -> Result<Option<Vec<f32>>> {
     })
 }
 
-fn new_moments(var: &Var) -> Result<Moments> {
+fn new_moments(var: &Var, unfused: bool) -> Result<Moments> {
     let n = var.elem_count();
-    if var.device().is_cpu() {
+    if var.device().is_cpu() && !unfused {
         if !matches!(var.dtype(), DType::F32 | DType::BF16 | DType::F16) {
             candle_core::bail!("adamw: unsupported parameter dtype {:?}", var.dtype());
         }
