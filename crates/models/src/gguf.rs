@@ -330,6 +330,16 @@ impl GgufModel {
         let rename: Box<clinstruct_nn::weights::NameMap> =
             Box::new(move |hf: &str| hf_to_gguf_name(arch, hf));
         let mut store = GgufStore::open(path, device, rename)?;
+        // candle has no SIMD kernel for Q5_0 (a scalar loop, ~10x slower than Q8_0); its values
+        // are integers in [-16, 15] times a per-block f16 scale, exactly representable in Q8_0,
+        // whose kernel multiplies the same Q8_0-quantized activations.
+        store.map_tensors(|_, t| {
+            if t.dtype() == GgmlDType::Q5_0 {
+                q5_0_to_q8_0(&t)
+            } else {
+                Ok(t)
+            }
+        })?;
         match arch {
             GgufArchitecture::Gemma3 => store.map_tensors(|name, t| {
                 if name.ends_with("norm.weight") {
@@ -400,6 +410,38 @@ fn required_tensors(arch: GgufArchitecture, layers: usize) -> Vec<(String, Strin
         }
     }
     out
+}
+
+const Q5_0_BLOCK_BYTES: usize = 22; // f16 d, u32 high bits, 16 bytes of low nibbles
+const Q8_0_BLOCK_BYTES: usize = 34; // f16 d, 32 i8
+
+/// Q5_0 blocks re-encoded as Q8_0 with the same scale and the same integer values (lossless):
+/// ggml's `dequantize_row_q5_0` value `j` is `((qs[j] & 15) | bit j of qh << 4) - 16` and value
+/// `j + 16` is `((qs[j] >> 4) | bit j + 16 of qh << 4) - 16`.
+pub fn q5_0_to_q8_0(t: &Arc<QTensor>) -> candle_core::Result<Arc<QTensor>> {
+    let data = t.data()?;
+    if data.len() % Q5_0_BLOCK_BYTES != 0 {
+        candle_core::bail!("Q5_0 data of {} bytes is not whole blocks", data.len());
+    }
+    let blocks = data.len() / Q5_0_BLOCK_BYTES;
+    let mut out = vec![0u8; blocks * Q8_0_BLOCK_BYTES];
+    for (src, dst) in data
+        .chunks_exact(Q5_0_BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(Q8_0_BLOCK_BYTES))
+    {
+        dst[..2].copy_from_slice(&src[..2]);
+        let qh = u32::from_le_bytes([src[2], src[3], src[4], src[5]]);
+        let qs = &src[6..22];
+        for j in 0..16 {
+            let lo = (qs[j] & 0x0f) | ((((qh >> j) & 1) as u8) << 4);
+            let hi = (qs[j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
+            dst[2 + j] = (lo as i8 - 16) as u8;
+            dst[2 + j + 16] = (hi as i8 - 16) as u8;
+        }
+    }
+    let dev = t.device();
+    let storage = QStorage::from_data(std::borrow::Cow::Owned(out), &dev, GgmlDType::Q8_0)?;
+    Ok(Arc::new(QTensor::new(storage, t.shape().clone())?))
 }
 
 /// `w + delta` for a (dense) norm weight.
@@ -643,6 +685,25 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn q5_0_to_q8_0_is_lossless() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = candle_core::Tensor::randn(0f32, 1.0, (8, 256), &dev)?;
+        let q5 = Arc::new(QTensor::quantize(&w, GgmlDType::Q5_0)?);
+        let q8 = q5_0_to_q8_0(&q5)?;
+        assert_eq!(q8.dtype(), GgmlDType::Q8_0);
+        let a = q5.dequantize(&dev)?;
+        let b = q8.dequantize(&dev)?;
+        assert_eq!((a - &b)?.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+        // The matmul is the same up to float summation order.
+        let x = candle_core::Tensor::randn(0f32, 1.0, (3, 256), &dev)?;
+        let y5 = x.apply_op1_no_bwd(q5.as_ref())?;
+        let y8 = x.apply_op1_no_bwd(q8.as_ref())?;
+        let d = (y5 - y8)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-3, "{d}");
+        Ok(())
     }
 
     #[test]
