@@ -185,6 +185,19 @@ impl Linear {
         })
     }
 
+    /// Replaces a quantized base by its dequantised dense weight (frozen), trading memory for
+    /// speed where the weight is used many times (evaluation, generation). Quantized bases do
+    /// not otherwise keep a dense copy between calls.
+    pub fn dequantize_base(self) -> Result<Linear> {
+        match &self.base {
+            LinearBase::Nf4(_) | LinearBase::Quantized(_) => Ok(Linear {
+                base: LinearBase::Frozen(self.weight()?),
+                ..self
+            }),
+            LinearBase::Dense(_) | LinearBase::Frozen(_) => Ok(self),
+        }
+    }
+
     /// Folds the adapter into the weight: `W + scale·B·A` in the weight's dtype, as a frozen
     /// dense base (a quantized base is dequantised; QLoRA merges are exported dense).
     pub fn merge_lora(&self) -> Result<Linear> {

@@ -188,9 +188,10 @@ impl Lora {
         if r != rb {
             candle_core::bail!("lora: A has rank {r}, B has rank {rb}");
         }
+        // A detached tensor is not a variable, so `Var::from_tensor` copies it.
         Ok(Lora {
-            a: Var::from_tensor(&a.detach().copy()?)?,
-            b: Var::from_tensor(&b.detach().copy()?)?,
+            a: Var::from_tensor(&a.detach())?,
+            b: Var::from_tensor(&b.detach())?,
             scale,
             dropout,
             control,

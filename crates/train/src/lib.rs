@@ -2,6 +2,7 @@
 //! learning-rate schedules. Model-side pieces (frozen and quantised bases, LoRA adapters, PEFT
 //! files) live in `clinstruct_nn`.
 
+pub mod alloc;
 pub mod loss;
 pub mod optim;
 pub mod schedule;

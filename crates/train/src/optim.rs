@@ -480,9 +480,13 @@ pub fn grad_norm(grads: &GradStore, vars: &[Var]) -> Result<f64> {
         let Some(g) = grads.get(var.as_tensor()) else {
             continue;
         };
-        let part = clinstruct_nn::cpu::with_slice::<f32, _>(g, |s| {
-            s.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
-        })?;
+        let part = if g.dtype() == DType::F32 {
+            clinstruct_nn::cpu::with_slice::<f32, _>(g, |s| {
+                s.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+            })?
+        } else {
+            None
+        };
         sq += match part {
             Some(p) => p,
             None => g

@@ -248,21 +248,30 @@ impl Nf4Tensor {
     pub fn dequantize(&self) -> Result<Tensor> {
         let absmax = self.absmax_f32()?;
         let n = self.shape.elem_count();
-        let fast = match (
-            cpu::with_slice::<u8, _>(&self.packed, |p| p.to_vec())?,
-            cpu::with_slice::<f32, _>(&absmax, |a| a.to_vec())?,
-        ) {
-            (Some(packed), Some(absmax)) => {
-                let mut out = vec![0f32; n];
-                dequantize_into(&packed, &absmax, self.block_size, 0, &mut out);
-                Some(out)
-            }
-            _ => None,
-        };
+        let bs = self.block_size;
+        // Reads the packed bytes and constants in place (no copies) on the CPU.
+        let fast = cpu::with_slice::<u8, _>(&self.packed, |packed| {
+            cpu::with_slice::<f32, _>(&absmax, |am| dequantize_cpu(packed, am, bs, n))
+        })?
+        .transpose()?
+        .flatten();
         match fast {
             Some(out) => Tensor::from_vec(out, self.shape.clone(), self.device()),
             None => self.dequantize_with_ops(),
         }
+    }
+
+    /// Runs `f` on the packed bytes and the f32 absmax constants when they live on the CPU.
+    pub fn with_cpu_parts<R>(&self, f: impl FnOnce(&[u8], &[f32]) -> R) -> Result<Option<R>> {
+        if !self.packed.device().is_cpu() {
+            return Ok(None);
+        }
+        let absmax = self.absmax_f32()?;
+        Ok(cpu::with_slice::<u8, _>(&self.packed, |packed| {
+            cpu::with_slice::<f32, _>(&absmax, |am| f(packed, am))
+        })?
+        .transpose()?
+        .flatten())
     }
 
     /// [`Self::dequantize`] with tensor ops only (table lookup, per-block scale): what
@@ -281,20 +290,6 @@ impl Nf4Tensor {
             .flatten_all()?
             .narrow(0, 0, n)?
             .reshape(self.shape.clone())
-    }
-
-    /// Dequantises rows `[row0, row0 + rows)` of a 2-D tensor `(out, in)` into `out`
-    /// (`rows · in` f32) on the CPU; the caller keeps `absmax` (from [`Self::absmax_f32`]) and
-    /// the packed bytes between calls. Rows must start on a block boundary and an even element.
-    pub fn dequantize_rows_cpu(
-        packed: &[u8],
-        absmax: &[f32],
-        block_size: usize,
-        cols: usize,
-        row0: usize,
-        out: &mut [f32],
-    ) {
-        dequantize_into(packed, absmax, block_size, row0 * cols, out);
     }
 }
 
@@ -336,8 +331,9 @@ pub fn quantize_slice(values: &[f32], block_size: usize) -> (Vec<u8>, Vec<f32>) 
     (packed, absmax)
 }
 
-/// Writes `out.len()` dequantised values starting at element `start`.
-fn dequantize_into(
+/// Writes the dequantised values of elements `start .. start + out.len()` into `out` (blocks in
+/// parallel when `start` is on a block boundary).
+pub fn dequantize_range_cpu(
     packed: &[u8],
     absmax: &[f32],
     block_size: usize,
@@ -346,22 +342,24 @@ fn dequantize_into(
 ) {
     let lut = pair_lut();
     if block_size % 2 == 0 && start % block_size == 0 {
-        // Whole blocks: one scale per run of bytes; tasks of ~16k values run in parallel.
         let per_task = block_size * (16384 / block_size).max(1);
         out.par_chunks_mut(per_task)
             .enumerate()
             .for_each(|(c, dst)| {
-                let e0 = start + c * per_task;
                 for (k, blk) in dst.chunks_mut(block_size).enumerate() {
-                    let e = e0 + k * block_size;
+                    let e = start + c * per_task + k * block_size;
                     let am = absmax[e / block_size];
-                    let bytes = &packed[e / 2..e / 2 + blk.len().div_ceil(2)];
-                    for (pair, &byte) in blk.chunks_mut(2).zip(bytes) {
+                    let bytes = &packed[e / 2..(e + blk.len()).div_ceil(2)];
+                    let mut pairs = blk.chunks_exact_mut(2);
+                    for (pair, &byte) in (&mut pairs).zip(bytes) {
                         let [a, b] = lut[byte as usize];
                         pair[0] = a * am;
-                        if let Some(second) = pair.get_mut(1) {
-                            *second = b * am;
-                        }
+                        pair[1] = b * am;
+                    }
+                    if let (Some(last), Some(&byte)) =
+                        (pairs.into_remainder().first_mut(), bytes.last())
+                    {
+                        *last = lut[byte as usize][0] * am;
                     }
                 }
             });
@@ -373,4 +371,45 @@ fn dequantize_into(
             *o = NF4_CODE[q as usize] * absmax[e / block_size];
         }
     }
+}
+
+/// The `n` dequantised values, written once each (no zero-fill), blocks in parallel.
+fn dequantize_cpu(packed: &[u8], absmax: &[f32], block_size: usize, n: usize) -> Vec<f32> {
+    let lut = pair_lut();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let dst = &mut out.spare_capacity_mut()[..n];
+    if block_size % 2 == 0 {
+        // Tasks of whole blocks (~16k values); a block starts on an even element, so its
+        // values are whole bytes with one scale.
+        let per_task = block_size * (16384 / block_size).max(1);
+        dst.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                for (k, blk) in dst.chunks_mut(block_size).enumerate() {
+                    let e = c * per_task + k * block_size;
+                    let am = absmax[e / block_size];
+                    let bytes = &packed[e / 2..(e + blk.len()).div_ceil(2)];
+                    let mut pairs = blk.chunks_exact_mut(2);
+                    for (pair, &byte) in (&mut pairs).zip(bytes) {
+                        let [a, b] = lut[byte as usize];
+                        pair[0].write(a * am);
+                        pair[1].write(b * am);
+                    }
+                    if let (Some(last), Some(&byte)) =
+                        (pairs.into_remainder().first_mut(), bytes.last())
+                    {
+                        last.write(lut[byte as usize][0] * am);
+                    }
+                }
+            });
+    } else {
+        for (e, o) in dst.iter_mut().enumerate() {
+            let byte = packed[e / 2];
+            let q = if e % 2 == 0 { byte >> 4 } else { byte & 15 };
+            o.write(NF4_CODE[q as usize] * absmax[e / block_size]);
+        }
+    }
+    // SAFETY: both branches wrote every one of the first `n` elements.
+    unsafe { out.set_len(n) };
+    out
 }
