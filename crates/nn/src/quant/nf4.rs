@@ -341,7 +341,7 @@ pub fn dequantize_range_cpu(
     out: &mut [f32],
 ) {
     let lut = pair_lut();
-    if block_size % 2 == 0 && start % block_size == 0 {
+    if block_size.is_multiple_of(2) && start.is_multiple_of(block_size) {
         let per_task = block_size * (16384 / block_size).max(1);
         out.par_chunks_mut(per_task)
             .enumerate()
@@ -367,7 +367,11 @@ pub fn dequantize_range_cpu(
         for (i, o) in out.iter_mut().enumerate() {
             let e = start + i;
             let byte = packed[e / 2];
-            let q = if e % 2 == 0 { byte >> 4 } else { byte & 15 };
+            let q = if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 15
+            };
             *o = NF4_CODE[q as usize] * absmax[e / block_size];
         }
     }
@@ -378,7 +382,7 @@ fn dequantize_cpu(packed: &[u8], absmax: &[f32], block_size: usize, n: usize) ->
     let lut = pair_lut();
     let mut out: Vec<f32> = Vec::with_capacity(n);
     let dst = &mut out.spare_capacity_mut()[..n];
-    if block_size % 2 == 0 {
+    if block_size.is_multiple_of(2) {
         // Tasks of whole blocks (~16k values); a block starts on an even element, so its
         // values are whole bytes with one scale.
         let per_task = block_size * (16384 / block_size).max(1);
