@@ -263,7 +263,7 @@ fn clear_errors() {
     .unwrap();
     std::fs::write(
         other.join("config.json"),
-        r#"{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}"#,
+        r#"{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}"#,
     )
     .unwrap();
     let other_s = s(&other);
@@ -280,7 +280,7 @@ fn clear_errors() {
     assert_eq!(
         e,
         format!(
-            "error: {other_s}: unknown architecture LlamaForCausalLM (supported: ModernBertModel, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification, ModernBertForQuestionAnswering, ModernBertForMultipleChoice)\n"
+            "error: {other_s}: unknown architecture GPT2LMHeadModel (supported: ModernBertModel, ModernBertForMaskedLM, ModernBertForSequenceClassification, ModernBertForTokenClassification, ModernBertForQuestionAnswering, ModernBertForMultipleChoice, LlamaForCausalLM, MistralForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Ministral3ForCausalLM, Mistral3ForConditionalGeneration)\n"
         )
     );
 
