@@ -60,7 +60,10 @@ fn coords(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| (i * 7919 + 13) % n).collect()
 }
 
-fn base_kinds() -> Vec<(&'static str, Box<dyn Fn(Linear) -> Linear>)> {
+/// Turns a dense linear into one base kind.
+type MakeBase = Box<dyn Fn(Linear) -> Linear>;
+
+fn base_kinds() -> Vec<(&'static str, MakeBase)> {
     vec![
         ("frozen", Box::new(|l: Linear| l.freeze())),
         (
