@@ -371,9 +371,12 @@ pub fn dequantize_range_cpu(
         for (i, o) in out.iter_mut().enumerate() {
             let e = start + i;
             let byte = packed[e / 2];
-            let q = if e.is_multiple_of(2) { byte >> 4 } else { byte & 15 };
+            let q = if e.is_multiple_of(2) {
+                byte >> 4
+            } else {
+                byte & 15
+            };
             *o = NF4_CODE[q as usize] * absmax[e / block_size];
         }
     }
 }
-
