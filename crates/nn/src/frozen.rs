@@ -278,7 +278,7 @@ pub fn ggml_kernel_scales(w: &QTensor) -> bool {
         let Ok((n, k)) = w.shape().dims2() else {
             return false;
         };
-        if k % 256 != 0 || n % 16 != 0 {
+        if !k.is_multiple_of(256) || !n.is_multiple_of(16) {
             return false;
         }
         let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");

@@ -54,6 +54,16 @@ impl AdapterControl {
         self.training.load(Ordering::Relaxed)
     }
 
+    /// Dropout masks drawn so far: saved with a checkpoint and restored with
+    /// [`Self::set_calls`], resumed training draws the same masks.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    pub fn set_calls(&self, calls: u64) {
+        self.calls.store(calls, Ordering::Relaxed);
+    }
+
     fn next_rng(&self) -> ChaCha8Rng {
         let call = self.calls.fetch_add(1, Ordering::Relaxed);
         ChaCha8Rng::seed_from_u64(self.seed ^ call.wrapping_mul(0x9E37_79B9_7F4A_7C15))

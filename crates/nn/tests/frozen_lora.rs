@@ -60,7 +60,7 @@ fn coords(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| (i * 7919 + 13) % n).collect()
 }
 
-/// Turns a dense layer into one base kind.
+/// Turns a dense linear into one base kind.
 type MakeBase = Box<dyn Fn(Linear) -> Linear>;
 
 fn base_kinds() -> Vec<(&'static str, MakeBase)> {
@@ -484,6 +484,11 @@ fn dropout_only_in_training_and_unbiased() -> Result<()> {
     let t1 = lora.forward(&x)?;
     let t2 = lora.forward(&x)?;
     assert_ne!(values(&t1), values(&t2), "fresh masks per call");
+    // Resuming the mask stream replays the same masks.
+    let calls = control.calls();
+    let t3 = lora.forward(&x)?;
+    control.set_calls(calls);
+    assert_eq!(values(&lora.forward(&x)?), values(&t3));
     // E[dropout(x)] = x: the mean over many calls approaches the eval output.
     let mut acc = t1.zeros_like()?;
     let n = 400;

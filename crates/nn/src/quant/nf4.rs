@@ -251,7 +251,11 @@ impl Nf4Tensor {
         let bs = self.block_size;
         // Reads the packed bytes and constants in place (no copies) on the CPU.
         let fast = cpu::with_slice::<u8, _>(&self.packed, |packed| {
-            cpu::with_slice::<f32, _>(&absmax, |am| dequantize_cpu(packed, am, bs, n))
+            cpu::with_slice::<f32, _>(&absmax, |am| {
+                let mut out = vec![0f32; n];
+                dequantize_range_cpu(packed, am, bs, 0, &mut out);
+                out
+            })
         })?
         .transpose()?
         .flatten();
@@ -313,7 +317,7 @@ pub fn quantize_slice(values: &[f32], block_size: usize) -> (Vec<u8>, Vec<f32>) 
     let bounds = nf4_bounds();
     let n = values.len();
     let mut absmax = Vec::with_capacity(n.div_ceil(block_size));
-    let mut idx = vec![0u8; n + (n % 2)];
+    let mut idx = vec![0u8; n.next_multiple_of(2)];
     for (block, chunk) in values.chunks(block_size).enumerate() {
         let am = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
         absmax.push(am);
@@ -323,7 +327,7 @@ pub fn quantize_slice(values: &[f32], block_size: usize) -> (Vec<u8>, Vec<f32>) 
             idx[block * block_size + i] = nf4_index(&bounds, (v * inv).clamp(-1.0, 1.0));
         }
     }
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         // An odd tail is padded with a scaled 0, as bitsandbytes pads.
         idx[n] = nf4_index(&bounds, 0.0);
     }
@@ -375,45 +379,4 @@ pub fn dequantize_range_cpu(
             *o = NF4_CODE[q as usize] * absmax[e / block_size];
         }
     }
-}
-
-/// The `n` dequantised values, written once each (no zero-fill), blocks in parallel.
-fn dequantize_cpu(packed: &[u8], absmax: &[f32], block_size: usize, n: usize) -> Vec<f32> {
-    let lut = pair_lut();
-    let mut out: Vec<f32> = Vec::with_capacity(n);
-    let dst = &mut out.spare_capacity_mut()[..n];
-    if block_size.is_multiple_of(2) {
-        // Tasks of whole blocks (~16k values); a block starts on an even element, so its
-        // values are whole bytes with one scale.
-        let per_task = block_size * (16384 / block_size).max(1);
-        dst.par_chunks_mut(per_task)
-            .enumerate()
-            .for_each(|(c, dst)| {
-                for (k, blk) in dst.chunks_mut(block_size).enumerate() {
-                    let e = c * per_task + k * block_size;
-                    let am = absmax[e / block_size];
-                    let bytes = &packed[e / 2..(e + blk.len()).div_ceil(2)];
-                    let mut pairs = blk.chunks_exact_mut(2);
-                    for (pair, &byte) in (&mut pairs).zip(bytes) {
-                        let [a, b] = lut[byte as usize];
-                        pair[0].write(a * am);
-                        pair[1].write(b * am);
-                    }
-                    if let (Some(last), Some(&byte)) =
-                        (pairs.into_remainder().first_mut(), bytes.last())
-                    {
-                        last.write(lut[byte as usize][0] * am);
-                    }
-                }
-            });
-    } else {
-        for (e, o) in dst.iter_mut().enumerate() {
-            let byte = packed[e / 2];
-            let q = if e % 2 == 0 { byte >> 4 } else { byte & 15 };
-            o.write(NF4_CODE[q as usize] * absmax[e / block_size]);
-        }
-    }
-    // SAFETY: both branches wrote every one of the first `n` elements.
-    unsafe { out.set_len(n) };
-    out
 }
