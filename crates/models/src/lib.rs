@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod lm;
 pub mod modernbert;
+pub mod runtime;
 
 pub use checkpoint::{Checkpoint, CheckpointError};
 pub use lm::{CausalLm, LmCache, LmInfo};
