@@ -796,6 +796,11 @@ impl Mlp {
     /// GeGLU: `Wo(drop(act(input) · gate))` with `input, gate = Wi(x).chunk(2)`.
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = self.wi.forward(x)?;
+        if self.act == Activation::Gelu
+            && let Some(y) = clinstruct_nn::fused::geglu_erf(&h)?
+        {
+            return self.wo.forward(&dropout(&y, self.dropout, train)?);
+        }
         let input = h.narrow(D::Minus1, 0, self.intermediate)?;
         let gate = h.narrow(D::Minus1, self.intermediate, self.intermediate)?;
         let y = (self.act.forward(&input)? * gate)?;
