@@ -3,6 +3,8 @@
 //!
 //! `cargo run -p clinstruct-models --example encoder_bench -- DIR SEQ_LEN BATCH [REPS]`
 //! prints one JSON line per repetition: `{"seq_len", "batch", "seconds", "tokens_per_s"}`.
+//! Threads: `RAYON_NUM_THREADS`. Like the clinstruct binary, it calls
+//! `runtime::tune_allocator` first.
 
 use std::time::Instant;
 
@@ -25,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|r| r.parse::<usize>())
         .transpose()?
         .unwrap_or(1);
+    clinstruct_models::runtime::tune_allocator();
     let dev = Device::Cpu;
     let ckpt = Checkpoint::resolve(dir)?;
     let model = ModernBert::from_checkpoint(&ckpt, DType::F32, &dev)?;

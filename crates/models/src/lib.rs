@@ -17,6 +17,7 @@ pub mod lm;
 pub mod ministral3;
 pub mod mistral;
 pub mod modernbert;
+pub mod runtime;
 pub mod tokenizer;
 
 pub use auto::{AnyCausalLm, AnyConfig, SUPPORTED_ARCHITECTURES};

@@ -14,12 +14,14 @@
 //! - [`norm`]: RMSNorm (plain and Gemma's `1 + w`) and LayerNorm with optional bias.
 //! - [`rope`]: rotary embeddings with default, linear, llama3 and YaRN frequency scaling.
 //! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders.
+//! - [`fused`]: fused CPU kernels with backward passes (softmax, LayerNorm, GeGLU).
 //! - [`kv_cache`]: the key/value cache for generation.
 //! - [`weights`]: one way for model code to get tensors from safetensors, a `VarMap` or GGUF.
 
 pub mod attention;
 pub mod cpu;
 pub mod frozen;
+pub mod fused;
 pub mod kv_cache;
 pub mod linear;
 pub mod lora;

@@ -118,6 +118,7 @@ pub fn supported_architectures() -> Vec<&'static str> {
 
 impl Backbone {
     pub fn load(spec: &str, dtype: DType) -> Result<Backbone> {
+        clinstruct_models::runtime::tune_allocator();
         let ckpt = Checkpoint::resolve(spec)?;
         let device = Device::Cpu;
         let arch = ckpt.architecture().ok_or_else(|| {

@@ -4,17 +4,16 @@
 //! A masked dense attention does `L²` work and keeps `L²` scores per head for the backward pass;
 //! here queries are cut into blocks of `block` rows and each block is scored against only the
 //! key blocks its band reaches (`halo` blocks either side), so work and memory are
-//! `O(L · (2·halo + 1) · block)`. Built from differentiable ops (narrow, cat, matmul, the generic
-//! softmax), so gradients flow to q, k and v unchanged.
+//! `O(L · (2·halo + 1) · block)`. Built from differentiable ops (narrow, cat, matmul, and the
+//! fused softmax of [`crate::fused`], which has its own backward), so gradients flow to q, k and v.
 //!
 //! Out-of-range keys (before position 0, after the end) and padding keys get [`MASKED`] in a
 //! mask precomputed once per forward and shared by every local layer.
 
-use std::mem::MaybeUninit;
-
-use candle_core::{D, DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::{AttentionOpts, MASKED, repeat_kv};
+use crate::fused::softmax_last_dim;
 
 /// Where the band reaches for every query block, as an additive mask.
 #[derive(Debug, Clone)]
@@ -163,164 +162,6 @@ fn windows(x: &Tensor, blocks: usize, block: usize, halo: usize) -> Result<Tenso
         .map(|o| xb.narrow(2, o, blocks))
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&parts, 3)?.reshape((b * h * blocks, (2 * halo + 1) * block, d))
-}
-
-/// Softmax over the last dimension with a backward pass. On CPU in f32 it runs as one fused
-/// pass per row (max, exp with a vectorisable polynomial, normalise) instead of the five
-/// allocating passes of the generic op; elsewhere it is `candle_nn::ops::softmax`. candle's own
-/// fused `softmax_last_dim` is forward-only (it silently cuts gradients), hence this op.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(FusedSoftmax)
-    } else {
-        candle_nn::ops::softmax(x, D::Minus1)
-    }
-}
-
-struct FusedSoftmax;
-
-impl candle_core::CustomOp1 for FusedSoftmax {
-    fn name(&self) -> &'static str {
-        "clinstruct-softmax-last-dim"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fused softmax: f32 only");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("fused softmax: contiguous input only");
-        };
-        let x = &data[start..end];
-        let dim = *layout.dims().last().unwrap_or(&1);
-        // Every element is written exactly once below, so the buffer is not zeroed first (that
-        // memset alone was 5% of a 4,096-token forward).
-        let mut out: Vec<f32> = Vec::with_capacity(x.len());
-        if let Some(rows) = x.len().checked_div(dim) {
-            let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-            let per = rows.div_ceil(threads) * dim;
-            let spare = &mut out.spare_capacity_mut()[..x.len()];
-            std::thread::scope(|scope| {
-                for (xs, os) in x.chunks(per).zip(spare.chunks_mut(per)) {
-                    scope.spawn(move || {
-                        for (xr, or) in xs.chunks_exact(dim).zip(os.chunks_exact_mut(dim)) {
-                            softmax_row(xr, or);
-                        }
-                    });
-                }
-            });
-            // SAFETY: the rows cover `x.len()` elements and `softmax_row` writes each of them.
-            unsafe { out.set_len(x.len()) };
-        }
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    /// `dx = y · (dy - Σ dy·y)`, from differentiable ops.
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let gy = (grad * res)?;
-        let dot = gy.sum_keepdim(D::Minus1)?;
-        Ok(Some((gy - res.broadcast_mul(&dot)?)?))
-    }
-}
-
-/// Lanes of the row loops: independent accumulators let the compiler vectorise the max and
-/// the sum (a single float accumulator is a serial dependency it may not reorder).
-const LANES: usize = 16;
-
-/// Three passes over a row that stays in cache: the max, the exponentials and their sum, then
-/// the normalisation in place.
-fn softmax_row(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { softmax_row_avx512(x, out) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { softmax_row_avx2(x, out) };
-        }
-    }
-    softmax_row_portable(x, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn softmax_row_avx512(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    softmax_row_portable(x, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_row_avx2(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    softmax_row_portable(x, out)
-}
-
-#[inline(always)]
-fn softmax_row_portable(x: &[f32], out: &mut [MaybeUninit<f32>]) {
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    for c in chunks.clone() {
-        for i in 0..LANES {
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-        }
-    }
-    let max = lanes
-        .iter()
-        .chain(tail)
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    let mut sums = [0f32; LANES];
-    let split = x.len() - tail.len();
-    let (body, rest) = out.split_at_mut(split);
-    for (o, c) in body.chunks_exact_mut(LANES).zip(chunks) {
-        for i in 0..LANES {
-            let e = exp_poly(c[i] - max);
-            o[i].write(e);
-            sums[i] += e;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for (o, &v) in rest.iter_mut().zip(tail) {
-        sum += *o.write(exp_poly(v - max));
-    }
-    // SAFETY: both loops above wrote every element of `out` (body and rest cover it).
-    let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
-    let inv = 1.0 / sum;
-    for o in out.iter_mut() {
-        *o *= inv;
-    }
-}
-
-/// `e^x` for `x <= 0` (softmax arguments after the max is subtracted), branch-free and free of
-/// libm calls so loops vectorise: Cody–Waite reduction `x = n·ln2 + r` (n rounded with the
-/// 1.5·2²³ trick, since `round` is a libm call on baseline x86-64), Cephes' degree-6 polynomial
-/// for `e^r` (relative error ~2e-7, like `expf` within f32 rounding), `2^n` through the exponent
-/// bits. Below -87.3 (including masked scores) the result is exactly 0.
-#[inline(always)]
-fn exp_poly(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
-    let xc = if x > -87.3 { x } else { -87.3 };
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    // 2^n without a float→int conversion: the low bits of n + 2²³ + 127 are n + 127, which the
-    // shift moves into the exponent field (n is in [-126, 0] here).
-    let scale = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
-    if x < -87.3 { 0.0 } else { e * scale }
 }
 
 /// Score elements computed per chunk of queries (16 MB in f32). Bounding the temporaries keeps
@@ -661,38 +502,6 @@ mod tests {
         check(12, 0, 1, &[12], 4)?;
         // A band wider than the sequence is plain dense attention.
         check(10, 32, 32, &[10, 6], 4)?;
-        Ok(())
-    }
-
-    #[test]
-    fn fused_softmax_values_and_gradients() -> Result<()> {
-        let dev = Device::Cpu;
-        let x = Var::randn(0f32, 4., (3, 5, 37), &dev)?;
-        // Masked entries, a fully masked row and large magnitudes.
-        let mut m = vec![0f32; 3 * 5 * 37];
-        for (i, v) in m.iter_mut().enumerate() {
-            if i % 7 == 0 || (74..111).contains(&i) {
-                *v = MASKED;
-            }
-        }
-        let xm = x.broadcast_add(&Tensor::from_vec(m, (3, 5, 37), &dev)?)?;
-        let a = softmax_last_dim(&xm)?;
-        let b = candle_nn::ops::softmax(&xm, D::Minus1)?;
-        assert!(max_abs_diff(&a, &b) < 1e-6, "{}", max_abs_diff(&a, &b));
-        let w = Tensor::randn(0f32, 1., a.shape(), &dev)?;
-        let ga = (&a * &w)?.sum_all()?.backward()?;
-        let gb = (&b * &w)?.sum_all()?.backward()?;
-        let d = max_abs_diff(
-            ga.get(x.as_tensor()).unwrap(),
-            gb.get(x.as_tensor()).unwrap(),
-        );
-        assert!(d < 1e-6, "{d}");
-        for v in [-87.0f32, -20.5, -3.3, -1e-3, 0.0] {
-            let rel = (exp_poly(v) - v.exp()).abs() / v.exp();
-            assert!(rel < 5e-7, "exp({v}): {rel}");
-        }
-        assert_eq!(exp_poly(-100.0), 0.0);
-        assert_eq!(exp_poly(MASKED), 0.0);
         Ok(())
     }
 
