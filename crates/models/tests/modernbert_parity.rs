@@ -292,7 +292,14 @@ fn every_parameter_gets_a_gradient_through_cls() {
         let io = read_io(&dir.join("io.safetensors"));
         let h = model.forward_t(&io.ids, Some(&io.mask), false).unwrap();
         let cls = pool(&h, Some(&io.mask), Pooling::Cls).unwrap();
-        let r = Tensor::randn(0f32, 1., cls.shape(), &Device::Cpu).unwrap();
+        // transformers' gradients of the same loss, where the fixture has them.
+        let torch_grads = dir.join("grads.safetensors").is_file().then(|| {
+            candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).unwrap()
+        });
+        let r = match &torch_grads {
+            Some(t) => t["r"].clone(),
+            None => Tensor::randn(0f32, 1., cls.shape(), &Device::Cpu).unwrap(),
+        };
         let loss = (cls * r).unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
 
@@ -305,6 +312,7 @@ fn every_parameter_gets_a_gradient_through_cls() {
         let h = cfg.hidden_size;
         let mut zero = Vec::new();
         let mut checked = 0;
+        let mut worst = 0f32;
         for (name, var) in data.iter().filter(|(n, _)| n.starts_with(&prefix)) {
             let g = grads.get(var.as_tensor());
             let norm = |t: &Tensor| {
@@ -329,7 +337,33 @@ fn every_parameter_gets_a_gradient_through_cls() {
                 Some(g) if !positive(norm(g)) => zero.push(name.clone()),
                 Some(_) => {}
             }
+            if let (Some(t), Some(g)) = (&torch_grads, g) {
+                let want = &t[&format!("grad.{name}")];
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let d = (g - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                worst = worst.max(d / scale.max(1e-6));
+                assert!(
+                    d <= 1e-4 * scale.max(1.0),
+                    "{case} {name}: grad differs from torch by {d} (max |grad| {scale})"
+                );
+            }
             checked += 1;
+        }
+        if torch_grads.is_some() {
+            eprintln!("{case}: gradients vs transformers, worst relative max-abs diff {worst:.2e}");
         }
         eprintln!(
             "{case}: {checked} backbone parameters, all with non-zero gradients: {}",

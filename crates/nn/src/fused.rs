@@ -478,14 +478,14 @@ mod tests {
         assert_eq!(exp_neg(crate::attention::MASKED), 0.0);
         for i in -800..=800 {
             let x = i as f32 / 100.0;
-            let exact = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
+            let exact = 0.5 * x as f64 * (1.0 + erf_f64(x as f64 / std::f64::consts::SQRT_2));
             let err = (gelu_erf(x) as f64 - exact).abs();
             assert!(err < 4e-7 * (1.0 + x.abs() as f64), "gelu({x}): {err}");
         }
     }
 
-    /// erf to double precision (Taylor series near 0, continued fraction beyond), for the test.
-    fn libm_erf(x: f64) -> f64 {
+    /// erf in f64 (candle's op), the reference for the f32 polynomial.
+    fn erf_f64(x: f64) -> f64 {
         let t = Tensor::new(&[x], &Device::Cpu).unwrap();
         t.erf().unwrap().to_vec1::<f64>().unwrap()[0]
     }

@@ -9,6 +9,11 @@
 //!
 //! Out-of-range keys (before position 0, after the end) and padding keys get [`MASKED`] in a
 //! mask precomputed once per forward and shared by every local layer.
+//!
+//! [`chunked_attention`] is the dense counterpart for global layers: the same values and
+//! gradients as `scaled_dot_product`, computed for bounded chunks of queries so the score
+//! temporaries stay small (their memory is still `L²` for the backward pass; a memory-efficient
+//! attention with its own backward belongs to the training engine).
 
 use candle_core::{DType, Device, Result, Tensor};
 
