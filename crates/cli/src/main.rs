@@ -33,6 +33,11 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Generate text with a decoder LM (HF directory or GGUF file).
     Generate(commands::generate::GenerateArgs),
+    /// Encoder embeddings ([CLS], mean or every token) for JSONL texts or token ids.
+    Embed(commands::embed::EmbedArgs),
+    /// Run a checkpoint directly (`model forward`: last hidden states for token ids).
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
         Command::Eval(cmd) => commands::eval::run(cmd),
         Command::Demo(args) => commands::demo::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Model(cmd) => commands::model::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -219,3 +219,36 @@ fn tnm_rules_writes_a_submission_that_eval_scores() {
         }
     }
 }
+
+#[test]
+fn stats_counts_tokens_with_a_tokenizer() {
+    let tok = repo("crates/models/tests/fixtures/tokenizers/llama3/tokenizer.json");
+    let o = run(&[
+        "data",
+        "stats",
+        repo("data/samples/soap-pairs.jsonl").to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["note_tokens"]["n"], 30);
+    // Sub-word tokens outnumber whitespace words.
+    assert!(
+        v["note_tokens"]["median"].as_f64().unwrap() > v["note_words"]["median"].as_f64().unwrap()
+    );
+    let o = run(&[
+        "data",
+        "stats",
+        repo("data/samples/soap-pairs.jsonl").to_str().unwrap(),
+        "--tokenizer",
+        "/no/tokenizer.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("error: /no/tokenizer.json: cannot load a tokenizer"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -147,7 +147,9 @@ fn generate_json_stream_chat_stop_and_seed() {
         let start = text.char_indices().nth(3).unwrap().0;
         let end = text.char_indices().nth(5).unwrap().0;
         let stop = &text[start..end];
-        let s = json_run(&[&base[..], &["--json", "--stop", stop]].concat());
+        // `--stop=` so a fragment starting with '-' is not read as a flag.
+        let stop_arg = format!("--stop={stop}");
+        let s = json_run(&[&base[..], &["--json", stop_arg.as_str()]].concat());
         assert_eq!(s["finish_reason"], "stop");
         assert_eq!(s["stop_string"], stop);
         assert_eq!(

@@ -16,6 +16,8 @@ pub mod llama;
 pub mod lm;
 pub mod ministral3;
 pub mod mistral;
+pub mod modernbert;
+pub mod runtime;
 pub mod tokenizer;
 
 pub use auto::{AnyCausalLm, AnyConfig, SUPPORTED_ARCHITECTURES};

@@ -6,20 +6,31 @@
 //! the same model code serves inference and training. Fused fast paths, where they are added,
 //! come with their own backward.
 //!
-//! - [`linear`]: the linear layer every model uses (the training engine swaps its base).
+//! - [`linear`]: the linear layer every model uses (dense, frozen, NF4 or ggml base, optional
+//!   LoRA adapter).
+//! - [`frozen`]: matmuls over frozen weights with an input-only backward.
+//! - [`quant`]: NF4 (QLoRA) quantisation, bitsandbytes-compatible.
+//! - [`lora`]: LoRA adapters, the load-time plan that puts them on models, PEFT files, merging.
 //! - [`norm`]: RMSNorm (plain and Gemma's `1 + w`) and LayerNorm with optional bias.
 //! - [`rope`]: rotary embeddings with default, linear, llama3 and YaRN frequency scaling.
 //! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders.
+//! - [`fused`]: fused CPU kernels with backward passes (softmax, LayerNorm, GeGLU).
 //! - [`kv_cache`]: the key/value cache for generation.
 //! - [`weights`]: one way for model code to get tensors from safetensors, a `VarMap` or GGUF.
 
 pub mod attention;
+pub mod cpu;
+pub mod frozen;
+pub mod fused;
 pub mod kv_cache;
 pub mod linear;
+pub mod lora;
 pub mod norm;
+pub mod quant;
 pub mod rope;
 pub mod weights;
 
 pub use candle_core::{DType, Device, Result, Tensor};
-pub use linear::Linear;
+pub use linear::{Linear, LinearBase, LinearHook};
+pub use lora::{LinearPlan, Lora, LoraConfig, Targets};
 pub use weights::Weights;

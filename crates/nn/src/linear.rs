@@ -1,26 +1,50 @@
 //! The linear layer of every model. Weights use PyTorch's `(out, in)` layout and HF names
-//! (`weight`, `bias`), so checkpoints load unchanged. The base is dense or a ggml-quantized
-//! tensor (GGUF checkpoints); the training engine adds its own bases and adapters here.
+//! (`weight`, `bias`), so checkpoints load unchanged.
+//!
+//! The base is one of:
+//! - `Dense`: plain autograd (a `Var` weight trains; a plain tensor gets a wasted gradient);
+//! - `Frozen`: a dense weight with an input-only backward ([`crate::frozen`]);
+//! - `Nf4`: a 4-bit NF4 weight (QLoRA), dequantised per call, input-only backward;
+//! - `Quantized`: a ggml block-quantized weight (GGUF), input-only backward.
+//!
+//! An optional LoRA adapter adds `(dropout(x)·Aᵀ·Bᵀ)·scale` to the base output. The training
+//! engine sets bases and adapters without model code knowing: a [`LinearHook`] attached to the
+//! [`Weights`] (see [`crate::lora::LinearPlan`]) sees every `Linear::load` with the layer's HF
+//! module path and may replace the layer.
 
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Result, Tensor};
 
+use crate::frozen;
+use crate::lora::Lora;
+use crate::quant::nf4::{Nf4Config, Nf4Tensor};
 use crate::weights::Weights;
 
 #[derive(Debug, Clone)]
 pub enum LinearBase {
+    /// Differentiated by candle's autograd with respect to the weight too.
     Dense(Tensor),
-    /// A ggml block-quantized weight, multiplied without dequantising (inference only: candle's
-    /// quantized matmul has no backward).
+    /// A dense weight that never gets a gradient.
+    Frozen(Tensor),
+    /// An NF4 weight (frozen).
+    Nf4(Arc<Nf4Tensor>),
+    /// A ggml block-quantized weight (frozen).
     Quantized(Arc<QTensor>),
+}
+
+/// Sees each linear layer as `Linear::load` builds it, with its HF module path
+/// (`model.layers.0.self_attn.q_proj`), and returns the layer to use.
+pub trait LinearHook: Send + Sync {
+    fn on_load(&self, path: &str, linear: Linear) -> Result<Linear>;
 }
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     base: LinearBase,
     bias: Option<Tensor>,
+    lora: Option<Lora>,
     out_dim: usize,
     in_dim: usize,
 }
@@ -31,6 +55,7 @@ impl Linear {
         Ok(Linear {
             base: LinearBase::Dense(weight),
             bias,
+            lora: None,
             out_dim,
             in_dim,
         })
@@ -41,21 +66,42 @@ impl Linear {
         Ok(Linear {
             base: LinearBase::Quantized(weight),
             bias,
+            lora: None,
             out_dim,
             in_dim,
         })
     }
 
-    /// Loads `weight` (and `bias` when `bias` is true) from `w`, keeping a GGUF tensor quantized.
+    pub fn from_base(base: LinearBase, bias: Option<Tensor>) -> Result<Linear> {
+        let (out_dim, in_dim) = match &base {
+            LinearBase::Dense(w) | LinearBase::Frozen(w) => w.dims2()?,
+            LinearBase::Nf4(q) => q.shape().dims2()?,
+            LinearBase::Quantized(q) => q.shape().dims2()?,
+        };
+        Ok(Linear {
+            base,
+            bias,
+            lora: None,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    /// Loads `weight` (and `bias` when `bias` is true) from `w`, keeping a GGUF tensor quantized,
+    /// then hands the layer to the hook of `w` if it has one.
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, w: &Weights) -> Result<Linear> {
         let bias = if bias {
             Some(w.get(out_dim, "bias")?)
         } else {
             None
         };
-        match w.get_quantized((out_dim, in_dim), "weight")? {
-            Some(q) => Linear::quantized(q, bias),
-            None => Linear::new(w.get((out_dim, in_dim), "weight")?, bias),
+        let linear = match w.get_quantized((out_dim, in_dim), "weight")? {
+            Some(q) => Linear::quantized(q, bias)?,
+            None => Linear::new(w.get((out_dim, in_dim), "weight")?, bias)?,
+        };
+        match w.linear_hook() {
+            Some(hook) => hook.on_load(&w.path(), linear),
+            None => Ok(linear),
         }
     }
 
@@ -63,10 +109,12 @@ impl Linear {
         &self.base
     }
 
-    /// The dense weight `(out, in)`, dequantised when the base is quantized.
+    /// The dense weight `(out, in)` (without the adapter), dequantised when the base is
+    /// quantized.
     pub fn weight(&self) -> Result<Tensor> {
         match &self.base {
-            LinearBase::Dense(w) => Ok(w.clone()),
+            LinearBase::Dense(w) | LinearBase::Frozen(w) => Ok(w.clone()),
+            LinearBase::Nf4(q) => q.dequantize(),
             LinearBase::Quantized(q) => q.dequantize(&q.device()),
         }
     }
@@ -83,7 +131,89 @@ impl Linear {
         self.out_dim
     }
 
-    /// `x · Wᵀ + b` over the last dimension of `x` (any number of leading dimensions).
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// Adds (or replaces) the adapter.
+    pub fn with_lora(mut self, lora: Lora) -> Result<Linear> {
+        if lora.in_dim() != self.in_dim || lora.out_dim() != self.out_dim {
+            candle_core::bail!(
+                "lora ({} -> {}) does not fit a linear {} -> {}",
+                lora.in_dim(),
+                lora.out_dim(),
+                self.in_dim,
+                self.out_dim
+            );
+        }
+        self.lora = Some(lora);
+        Ok(self)
+    }
+
+    pub fn without_lora(mut self) -> Linear {
+        self.lora = None;
+        self
+    }
+
+    /// A dense base becomes frozen (input-only backward); other bases are frozen already. The
+    /// bias is detached too.
+    pub fn freeze(mut self) -> Linear {
+        if let LinearBase::Dense(w) = &self.base {
+            self.base = LinearBase::Frozen(w.detach());
+        }
+        self.bias = self.bias.map(|b| b.detach());
+        self
+    }
+
+    /// Quantises the base to NF4 (frozen). A ggml base is dequantised first.
+    pub fn quantize_nf4(self, cfg: Nf4Config) -> Result<Linear> {
+        let w = self.weight()?;
+        let q = Nf4Tensor::quantize(&w, cfg)?;
+        Ok(Linear {
+            base: LinearBase::Nf4(Arc::new(q)),
+            ..self.freeze()
+        })
+    }
+
+    /// Quantises the base to a ggml block type (frozen), e.g. `GgmlDType::Q4K`.
+    pub fn quantize_ggml(self, dtype: GgmlDType) -> Result<Linear> {
+        let w = self.weight()?.to_dtype(DType::F32)?;
+        let q = QTensor::quantize(&w, dtype)?;
+        Ok(Linear {
+            base: LinearBase::Quantized(Arc::new(q)),
+            ..self.freeze()
+        })
+    }
+
+    /// Replaces a quantized base by its dequantised dense weight (frozen), trading memory for
+    /// speed where the weight is used many times (evaluation, generation). Quantized bases do
+    /// not otherwise keep a dense copy between calls.
+    pub fn dequantize_base(self) -> Result<Linear> {
+        match &self.base {
+            LinearBase::Nf4(_) | LinearBase::Quantized(_) => Ok(Linear {
+                base: LinearBase::Frozen(self.weight()?),
+                ..self
+            }),
+            LinearBase::Dense(_) | LinearBase::Frozen(_) => Ok(self),
+        }
+    }
+
+    /// Folds the adapter into the weight: `W + scale·B·A` in the weight's dtype, as a frozen
+    /// dense base (a quantized base is dequantised; QLoRA merges are exported dense).
+    pub fn merge_lora(&self) -> Result<Linear> {
+        let Some(lora) = &self.lora else {
+            return Ok(self.clone());
+        };
+        let w = self.weight()?;
+        let merged = (w.to_dtype(DType::F32)? + lora.delta_weight()?.to_dtype(DType::F32)?)?
+            .to_dtype(match &self.base {
+                LinearBase::Dense(w) | LinearBase::Frozen(w) => w.dtype(),
+                _ => lora.dtype(),
+            })?;
+        Linear::from_base(LinearBase::Frozen(merged), self.bias.clone())
+    }
+
+    /// `x · Wᵀ + b (+ lora(x))` over the last dimension of `x` (any number of leading dims).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let rows: usize = dims[..dims.len() - 1].iter().product();
@@ -91,15 +221,16 @@ impl Linear {
         // One 2-D matmul is much faster than a broadcast batched matmul on CPU and CUDA.
         let y = match &self.base {
             LinearBase::Dense(w) => x2.matmul(&w.t()?)?,
-            LinearBase::Quantized(q) => {
-                let dtype = x2.dtype();
-                x2.to_dtype(DType::F32)?
-                    .apply_op1_no_bwd(q.as_ref())?
-                    .to_dtype(dtype)?
-            }
+            LinearBase::Frozen(w) => frozen::dense(&x2, w)?,
+            LinearBase::Nf4(q) => frozen::nf4(&x2, q)?,
+            LinearBase::Quantized(q) => frozen::ggml(&x2, q)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let y = match &self.lora {
+            Some(lora) => (y + lora.forward(&x2)?)?,
             None => y,
         };
         let mut out_dims = dims.to_vec();

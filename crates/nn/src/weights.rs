@@ -11,6 +11,8 @@ use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::linear::LinearHook;
+
 /// Maps a full HF tensor name to its GGUF name (`None`: the file has no such tensor).
 pub type NameMap = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -97,6 +99,8 @@ enum Source<'a> {
 pub struct Weights<'a> {
     source: Source<'a>,
     prefix: Vec<String>,
+    /// Sees every `Linear::load` below this view (the training engine's bases and adapters).
+    hook: Option<Arc<dyn LinearHook>>,
 }
 
 impl<'a> Weights<'a> {
@@ -104,6 +108,7 @@ impl<'a> Weights<'a> {
         Weights {
             source: Source::Vb(vb),
             prefix: Vec::new(),
+            hook: None,
         }
     }
 
@@ -116,6 +121,7 @@ impl<'a> Weights<'a> {
                 device: device.clone(),
             },
             prefix: Vec::new(),
+            hook: None,
         }
     }
 
@@ -125,6 +131,7 @@ impl<'a> Weights<'a> {
             Source::Vb(vb) => Weights {
                 source: Source::Vb(vb.pp(&name)),
                 prefix: self.prefix.clone(),
+                hook: self.hook.clone(),
             },
             Source::Gguf { .. } => {
                 let mut prefix = self.prefix.clone();
@@ -132,8 +139,28 @@ impl<'a> Weights<'a> {
                 Weights {
                     source: self.source.clone(),
                     prefix,
+                    hook: self.hook.clone(),
                 }
             }
+        }
+    }
+
+    /// Every `Linear::load` below this view goes through `hook` (quantise-on-load, freezing,
+    /// LoRA adapters); model code does not change.
+    pub fn with_linear_hook(mut self, hook: Arc<dyn LinearHook>) -> Weights<'a> {
+        self.hook = Some(hook);
+        self
+    }
+
+    pub fn linear_hook(&self) -> Option<&Arc<dyn LinearHook>> {
+        self.hook.as_ref()
+    }
+
+    /// The HF module path of this view (`model.layers.0.self_attn.q_proj`).
+    pub fn path(&self) -> String {
+        match &self.source {
+            Source::Vb(vb) => vb.prefix(),
+            Source::Gguf { .. } => self.prefix.join("."),
         }
     }
 

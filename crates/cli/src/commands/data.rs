@@ -10,6 +10,7 @@ use clinstruct_data::stats::{SoapStats, TnmStats};
 use clinstruct_data::synth;
 use clinstruct_data::table::Table;
 use clinstruct_data::tnm::{self, TnmCorpus};
+use clinstruct_models::Tokenizer;
 
 use super::{out, print_json};
 
@@ -41,6 +42,10 @@ pub struct StatsArgs {
     /// GDC label files (ajcc_pathologic_t|n|m) to join by TCGA patient barcode (TNM only).
     #[arg(long, num_args = 1.., value_name = "LABELFILE")]
     pub labels: Vec<PathBuf>,
+    /// Also give lengths in tokens: a `tokenizer.json`, a model directory holding one, or a GGUF
+    /// file with an embedded vocabulary.
+    #[arg(long, value_name = "TOKENIZER")]
+    pub tokenizer: Option<PathBuf>,
     /// Print JSON instead of a readable summary.
     #[arg(long)]
     pub json: bool,
@@ -95,7 +100,30 @@ fn detect_task(table: &Table) -> Task {
     }
 }
 
+fn load_tokenizer(path: &std::path::Path) -> Result<Tokenizer> {
+    let t = if path.is_dir() {
+        Tokenizer::from_dir(path)
+    } else if path.extension().is_some_and(|e| e == "gguf") {
+        // Metadata only: the vocabulary is there, the weights need not be read.
+        let content = clinstruct_models::gguf::read_metadata(path)?;
+        Tokenizer::from_gguf(&content.metadata)
+    } else {
+        Tokenizer::from_file(path)
+    };
+    t.with_context(|| format!("{}: cannot load a tokenizer", path.display()))
+}
+
+/// Token counts with special tokens added, as a model would see the texts.
+fn token_lengths(tok: &Tokenizer, texts: &[&str]) -> Result<Vec<usize>> {
+    Ok(tok
+        .encode_batch(texts, true)?
+        .iter()
+        .map(Vec::len)
+        .collect())
+}
+
 fn stats(a: StatsArgs) -> Result<()> {
+    let tokenizer = a.tokenizer.as_deref().map(load_tokenizer).transpose()?;
     let table = Table::read(&a.file)?;
     let task = a.task.unwrap_or_else(|| detect_task(&table));
     match task {
@@ -104,7 +132,26 @@ fn stats(a: StatsArgs) -> Result<()> {
                 bail!("--labels joins TNM label files; it does not apply to a SOAP corpus");
             }
             let corpus = SoapCorpus::from_table(table)?;
-            let s = SoapStats::compute(&corpus, None);
+            let lengths = match &tokenizer {
+                Some(tok) => {
+                    let dialogues: Vec<&str> = corpus
+                        .examples
+                        .iter()
+                        .map(|e| e.dialogue.as_str())
+                        .collect();
+                    let notes: Vec<&str> = corpus
+                        .examples
+                        .iter()
+                        .filter_map(|e| e.note.as_deref())
+                        .collect();
+                    Some((token_lengths(tok, &dialogues)?, token_lengths(tok, &notes)?))
+                }
+                None => None,
+            };
+            let s = SoapStats::compute(
+                &corpus,
+                lengths.as_ref().map(|(d, n)| (d.as_slice(), n.as_slice())),
+            );
             if a.json {
                 print_json(&s)
             } else {
@@ -123,7 +170,18 @@ fn stats(a: StatsArgs) -> Result<()> {
                     .collect::<clinstruct_data::Result<Vec<_>>>()?;
                 Some(corpus.join_labels(&files)?)
             };
-            let s = TnmStats::compute(&corpus, join, None);
+            let lengths = match &tokenizer {
+                Some(tok) => {
+                    let texts: Vec<&str> = corpus
+                        .records
+                        .iter()
+                        .filter_map(|r| r.text.as_deref())
+                        .collect();
+                    Some(token_lengths(tok, &texts)?)
+                }
+                None => None,
+            };
+            let s = TnmStats::compute(&corpus, join, lengths.as_deref());
             if a.json {
                 print_json(&s)
             } else {

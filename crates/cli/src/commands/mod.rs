@@ -1,7 +1,9 @@
 pub mod data;
 pub mod demo;
+pub mod embed;
 pub mod eval;
 pub mod generate;
+pub mod model;
 pub mod tnm;
 
 use std::io::Write;

@@ -1,0 +1,323 @@
+//! Linear layers over frozen weights whose backward reaches the input only.
+//!
+//! candle's autograd differentiates a matmul with respect to both operands, so a frozen weight
+//! still costs a full `xᵀ·g` gemm and a weight-sized gradient per step (measured: 2× backward
+//! time, 1.4 GB more memory on a Llama-1B-shaped stack). Here the product is computed without a
+//! graph and re-attached to the input through a custom op whose backward is `dx = g · W` only.
+//! The weight is captured by the backward closure, never an operand of the graph, so no
+//! gradient is ever allocated for it. It works on every device: the forward uses candle's own
+//! matmul (or ggml kernels), the re-attachment copies one output-sized buffer.
+//!
+//! Candle records a custom op only when one of its inputs is tracked: with an untracked input
+//! (frozen embeddings feeding the first layer) the output is untracked as well, which is right
+//! since nothing upstream can learn.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp2, DType, Device, Layout, MetalStorage, Result, Shape, Tensor,
+};
+
+use crate::cpu;
+
+use crate::quant::nf4::Nf4Tensor;
+
+/// The gradient of the input from the gradient of the output.
+pub type InputGradFn = dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync;
+
+/// Forwards a precomputed value; backward sends `bwd(grad)` to the first operand only.
+struct InputGrad {
+    name: &'static str,
+    bwd: Arc<InputGradFn>,
+}
+
+fn check_contiguous(l: &Layout) -> Result<()> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        candle_core::bail!("input-grad: the value must be contiguous from offset 0");
+    }
+    Ok(())
+}
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        value: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_contiguous(l)?;
+        Ok((value.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        value: &CudaStorage,
+        l: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        check_contiguous(l)?;
+        Ok((value.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn metal_fwd(
+        &self,
+        _: &MetalStorage,
+        _: &Layout,
+        value: &MetalStorage,
+        l: &Layout,
+    ) -> Result<(MetalStorage, Shape)> {
+        check_contiguous(l)?;
+        Ok((value.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _input: &Tensor,
+        _value: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some((self.bwd)(grad)?), None))
+    }
+}
+
+/// `value` (computed from `input` without a graph) as a differentiable function of `input`
+/// whose input gradient is `bwd(grad_of_value)`.
+pub fn attach_input_grad(
+    name: &'static str,
+    input: &Tensor,
+    value: Tensor,
+    bwd: Arc<InputGradFn>,
+) -> Result<Tensor> {
+    if !input.track_op() {
+        return Ok(value);
+    }
+    // The op hands the value's buffer over by one clone, which must hold exactly the value.
+    let value = if value.is_contiguous() && value.layout().start_offset() == 0 {
+        value
+    } else {
+        value.affine(1.0, 0.0)?
+    };
+    input.apply_op2(&value, InputGrad { name, bwd })
+}
+
+/// `x · Wᵀ` for `x (rows, in)` and a frozen dense `W (out, in)`.
+pub fn dense(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let y = x.detach().matmul(&w.to_dtype(x.dtype())?.t()?)?;
+    let w = w.clone();
+    attach_input_grad(
+        "frozen-dense",
+        x,
+        y,
+        Arc::new(move |g: &Tensor| g.matmul(&w.to_dtype(g.dtype())?)),
+    )
+}
+
+/// `x · Wᵀ` for an NF4 weight. On the CPU in f32, the weight is dequantised a tile of rows at
+/// a time into a small reused buffer that the gemm reads while it is still in cache: no
+/// weight-sized allocation (whose page faults alone cost as much as the dequantisation) and no
+/// dense copy. Elsewhere: dequantise, gemm, drop. The backward dequantises again (QLoRA keeps
+/// only the 4-bit weight between calls).
+pub fn nf4(x: &Tensor, w: &Arc<Nf4Tensor>) -> Result<Tensor> {
+    let y = match nf4_cpu(x, w, Nf4Product::XWt)? {
+        Some(y) => y,
+        None => {
+            let dense = w.dequantize()?.to_dtype(x.dtype())?;
+            x.detach().matmul(&dense.t()?)?
+        }
+    };
+    let w = w.clone();
+    attach_input_grad(
+        "nf4-linear",
+        x,
+        y,
+        Arc::new(move |g: &Tensor| match nf4_cpu(g, &w, Nf4Product::GW)? {
+            Some(dx) => Ok(dx),
+            None => g.matmul(&w.dequantize()?.to_dtype(g.dtype())?),
+        }),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nf4Product {
+    /// `x (rows, in) · Wᵀ` → `(rows, out)`.
+    XWt,
+    /// `g (rows, out) · W` → `(rows, in)`.
+    GW,
+}
+
+/// Weight rows per tile: about 2 MB of f32, so the tile stays in cache between dequantisation
+/// and gemm.
+fn tile_rows(cols: usize, rows: usize) -> usize {
+    ((1usize << 19) / cols.max(1)).max(16).min(rows.max(1))
+}
+
+thread_local! {
+    static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The tiled CPU f32 product, `None` when the operands are not CPU f32.
+fn nf4_cpu(a: &Tensor, w: &Nf4Tensor, product: Nf4Product) -> Result<Option<Tensor>> {
+    if !a.device().is_cpu() || a.dtype() != DType::F32 || !w.device().is_cpu() {
+        return Ok(None);
+    }
+    let (out_dim, in_dim) = w.shape().dims2()?;
+    let (rows, k_a) = a.dims2()?;
+    let (k_want, n_out) = match product {
+        Nf4Product::XWt => (in_dim, out_dim),
+        Nf4Product::GW => (out_dim, in_dim),
+    };
+    if k_a != k_want {
+        candle_core::bail!("nf4 linear: operand has {k_a} columns, expected {k_want}");
+    }
+    let a = a.detach().contiguous()?;
+    let bs = w.block_size();
+    let run = |a: &[f32], packed: &[u8], absmax: &[f32]| -> Vec<f32> {
+        let mut out: Vec<f32> = Vec::with_capacity(rows * n_out);
+        let dst = out.spare_capacity_mut().as_mut_ptr() as *mut f32;
+        let tile = tile_rows(in_dim, out_dim);
+        let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+        let with_buf = |buf: &mut Vec<f32>| {
+            buf.resize(tile * in_dim, 0.0);
+            for (t, r0) in (0..out_dim).step_by(tile).enumerate() {
+                let r = tile.min(out_dim - r0);
+                let wt = &mut buf[..r * in_dim];
+                crate::quant::nf4::dequantize_range_cpu(packed, absmax, bs, r0 * in_dim, wt);
+                // SAFETY: every pointer stays inside its buffer for the given sizes and
+                // strides (`a` is rows × k, the tile r × in, `out` rows × n_out); the first
+                // write of each output element does not read it (`read_dst` false).
+                unsafe {
+                    match product {
+                        Nf4Product::XWt => gemm::gemm(
+                            rows,
+                            r,
+                            in_dim,
+                            dst.add(r0),
+                            1,
+                            n_out as isize,
+                            false,
+                            a.as_ptr(),
+                            1,
+                            in_dim as isize,
+                            wt.as_ptr(),
+                            in_dim as isize,
+                            1,
+                            0.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            threads,
+                        ),
+                        Nf4Product::GW => gemm::gemm(
+                            rows,
+                            in_dim,
+                            r,
+                            dst,
+                            1,
+                            in_dim as isize,
+                            t > 0,
+                            a.as_ptr().add(r0),
+                            1,
+                            out_dim as isize,
+                            wt.as_ptr(),
+                            1,
+                            in_dim as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            threads,
+                        ),
+                    }
+                }
+            }
+        };
+        // A nested call on the same thread (a forward inside a rayon task) gets its own buffer.
+        TILE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => with_buf(&mut buf),
+            Err(_) => with_buf(&mut Vec::new()),
+        });
+        // SAFETY: the tiles cover every output column (XWt) or the first tile wrote every
+        // output element (GW), so all `rows · n_out` values are initialised.
+        unsafe { out.set_len(rows * n_out) };
+        out
+    };
+    let out = cpu::with_slice::<f32, _>(&a, |a| {
+        w.with_cpu_parts(|packed, absmax| run(a, packed, absmax))
+    })?
+    .transpose()?
+    .flatten();
+    out.map(|v| Tensor::from_vec(v, (rows, n_out), &Device::Cpu))
+        .transpose()
+}
+
+/// Up to this many rows candle's ggml kernels (which quantise the activations to 8 bits and
+/// work row by row) beat dequantise + gemm for every type; above, only the repacked kernels do
+/// (see [`ggml_kernel_scales`]). Measured with `examples/linear_paths.rs` (8192×2048 weight,
+/// 2 threads): Q4_0 kernel 3 / 23 / 78 / 193 / 1256 ms at 1 / 4 / 16 / 32 / 256 rows against
+/// 85 / 125 / 156 / 124 / 350 ms dequantise + gemm.
+pub const GGML_KERNEL_MAX_ROWS: usize = 16;
+
+/// Whether candle 0.11 runs this weight through its repacked x86 tiles (Q4_K and Q6_K with
+/// AVX2, Q8_0 with VNNI; rows of a multiple of 256, outputs of 16), which beat dequantise +
+/// gemm at every row count measured: Q4_K 72 ms against 238 ms at 256 rows, Q6_K 81 against
+/// 177, Q8_0 131 against 343.
+pub fn ggml_kernel_scales(w: &QTensor) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let Ok((n, k)) = w.shape().dims2() else {
+            return false;
+        };
+        if !k.is_multiple_of(256) || !n.is_multiple_of(16) {
+            return false;
+        }
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let vnni = (is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"))
+            || is_x86_feature_detected!("avxvnni");
+        match w.dtype() {
+            GgmlDType::Q4K | GgmlDType::Q6K => avx2,
+            GgmlDType::Q8_0 => vnni,
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = w;
+        false
+    }
+}
+
+/// `x · Wᵀ` for a ggml block-quantized weight (Q4_0, Q8_0, Q4_K, Q6_K, ...): candle's kernel
+/// for few rows or where it scales, otherwise dequantise + gemm; the backward dequantises.
+pub fn ggml(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
+    let rows = x.dim(0)?;
+    let dtype = x.dtype();
+    let kernel = rows <= GGML_KERNEL_MAX_ROWS || (x.device().is_cpu() && ggml_kernel_scales(w));
+    let y = if kernel {
+        x.detach()
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .apply_op1_no_bwd(w.as_ref())?
+            .to_dtype(dtype)?
+    } else {
+        let dense = w.dequantize(x.device())?.to_dtype(dtype)?;
+        x.detach().matmul(&dense.t()?)?
+    };
+    let w = w.clone();
+    attach_input_grad(
+        "ggml-linear",
+        x,
+        y,
+        Arc::new(move |g: &Tensor| g.matmul(&w.dequantize(g.device())?.to_dtype(g.dtype())?)),
+    )
+}

@@ -1,0 +1,549 @@
+//! Fused CPU kernels with their own backward passes: softmax over the last dimension, LayerNorm
+//! without bias, and GeGLU (`gelu(a) · b`).
+//!
+//! Each replaces a chain of candle ops that each allocate and sweep the whole tensor (a
+//! LayerNorm is eight of them) with one pass over rows that stay in cache. The forward runs in
+//! f32 on CPU, row-parallel on `RAYON_NUM_THREADS` threads, in loops written to vectorise (lane
+//! accumulators, a polynomial `exp` and `erfc` instead of libm calls), compiled for AVX-512 or
+//! AVX2 when the CPU has them. The backward passes are built from differentiable candle ops, so
+//! gradients (and gradients of gradients) are exact. Other dtypes and devices take the op-by-op
+//! path, which gives the same values.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+
+/// Independent accumulators per row loop: a single float accumulator is a serial dependency the
+/// compiler may not reorder, so the max and sum reductions would stay scalar.
+const LANES: usize = 16;
+
+/// Below this many elements, the work is not split across threads.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Compiles `$portable` again with AVX-512 and with AVX2+FMA enabled, and picks the best at run
+/// time (the binary targets baseline x86-64).
+macro_rules! simd_dispatch {
+    ($name:ident => $portable:ident ( $($arg:ident : $ty:ty),* )) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn v4($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn v3($($arg: $ty),*) {
+                    $portable($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features `v4` is compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: as above.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $portable($($arg),*)
+        }
+    };
+}
+
+/// Runs `f(input row, output row)` over `rows` rows of `in_dim` → `out_dim` values on up to
+/// `RAYON_NUM_THREADS` threads; `f` must write every output element.
+fn map_rows(
+    x: &[f32],
+    in_dim: usize,
+    out_dim: usize,
+    f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let rows = x.len().checked_div(in_dim).unwrap_or(0);
+    let mut out: Vec<f32> = Vec::with_capacity(rows * out_dim);
+    if rows == 0 || out_dim == 0 {
+        return out;
+    }
+    let spare = &mut out.spare_capacity_mut()[..rows * out_dim];
+    let threads = if x.len() < PARALLEL_MIN {
+        1
+    } else {
+        candle_core::utils::get_num_threads().clamp(1, rows)
+    };
+    let per = rows.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        for (xs, os) in x.chunks(per * in_dim).zip(spare.chunks_mut(per * out_dim)) {
+            let mut work = move || {
+                for (xr, or) in xs.chunks_exact(in_dim).zip(os.chunks_exact_mut(out_dim)) {
+                    f(xr, or);
+                }
+            };
+            if threads == 1 {
+                work();
+            } else {
+                scope.spawn(work);
+            }
+        }
+    });
+    // SAFETY: the chunks cover all `rows · out_dim` elements and `f` writes each of them.
+    unsafe { out.set_len(rows * out_dim) };
+    out
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    Ok(&data[start..end])
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// Reinterprets fully written output as initialised.
+///
+/// # Safety
+/// Every element of `out` must have been written.
+unsafe fn assume_init(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller guarantees initialisation.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp, erfc
+
+/// `e^x` for `x <= 0`, branch-free and free of libm calls so loops vectorise: Cody–Waite
+/// reduction `x = n·ln2 + r` (n rounded with the 1.5·2²³ trick: `round` is a libm call on
+/// baseline x86-64), Cephes' degree-6 polynomial for `e^r` (relative error ~2e-7, like `expf`
+/// within f32 rounding), `2^n` through the exponent bits. Below -87.3 the result is exactly 0
+/// (masked attention scores).
+#[inline(always)]
+pub(crate) fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x > -87.3 { x } else { -87.3 };
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    // 2^n without a float→int conversion: the low bits of n + 2²³ + 127 are n + 127, which the
+    // shift moves into the exponent field (n is in [-126, 0] here).
+    let scale = f32::from_bits((n + 8_388_735.0).to_bits() << 23);
+    if x < -87.3 { 0.0 } else { e * scale }
+}
+
+/// `erfc(z)` for `z >= 0`: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, and
+/// relative accuracy kept in the tail, where `1 - erf` would cancel).
+#[inline(always)]
+fn erfc_pos(z: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let p = 1.061_405_4_f32;
+    let p = p * t - 1.453_152;
+    let p = p * t + 1.421_413_8;
+    let p = p * t - 0.284_496_74;
+    let p = p * t + 0.254_829_6;
+    p * t * exp_neg(-z * z)
+}
+
+/// The exact (erf-based) GELU, `x · Φ(x)`.
+#[inline(always)]
+fn gelu_erf(x: f32) -> f32 {
+    let c = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
+    let cdf = if x >= 0.0 { 1.0 - 0.5 * c } else { 0.5 * c };
+    x * cdf
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax
+
+/// Softmax over the last dimension, differentiable. candle's fused `softmax_last_dim` has no
+/// backward (it silently cuts gradients) and the generic `softmax` makes five allocating passes.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fast_path(x) {
+        x.contiguous()?.apply_op1(Softmax)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "clinstruct-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, "softmax")?;
+        let dim = *layout.dims().last().unwrap_or(&1);
+        let out = map_rows(x, dim, dim, softmax_row);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// `dx = y · (dy - Σ dy·y)`.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let gy = (grad * res)?;
+        let dot = gy.sum_keepdim(D::Minus1)?;
+        Ok(Some((gy - res.broadcast_mul(&dot)?)?))
+    }
+}
+
+simd_dispatch!(softmax_row => softmax_row_portable(x: &[f32], out: &mut [MaybeUninit<f32>]));
+
+/// The max, then the exponentials and their sum, then the normalisation in place; the row
+/// stays in cache.
+#[inline(always)]
+fn softmax_row_portable(x: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    for c in chunks.clone() {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let max = lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut sums = [0f32; LANES];
+    let (body, rest) = out.split_at_mut(x.len() - tail.len());
+    for (o, c) in body.chunks_exact_mut(LANES).zip(chunks) {
+        for i in 0..LANES {
+            let e = exp_neg(c[i] - max);
+            o[i].write(e);
+            sums[i] += e;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for (o, &v) in rest.iter_mut().zip(tail) {
+        sum += *o.write(exp_neg(v - max));
+    }
+    // SAFETY: the two loops above wrote every element (body and rest cover `out`).
+    let out = unsafe { assume_init(out) };
+    let inv = 1.0 / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// `(x - mean) / sqrt(var + eps) · weight` over the last dimension (biased variance, as torch),
+/// differentiable in `x` and `weight`; `None` when the fast path does not apply (then the caller
+/// computes it op by op).
+pub fn layer_norm_no_bias(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if !(fast_path(x) && weight.dtype() == DType::F32 && weight.device().is_cpu()) {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2(
+        &weight.contiguous()?,
+        LayerNormOp { eps: eps as f32 },
+    )?))
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "clinstruct-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer norm")?;
+        let w = contiguous_f32(s2, l2, "layer norm")?;
+        let dim = *l1.dims().last().unwrap_or(&1);
+        if w.len() != dim {
+            candle_core::bail!("layer norm: weight of {} for rows of {dim}", w.len());
+        }
+        let eps = self.eps;
+        let out = map_rows(x, dim, dim, |xr, or| layer_norm_row(xr, w, eps, or));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    /// With `x̂ = (x - mean)·rstd` and `ĝ = dy·w`: `dx = rstd·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂))`,
+    /// `dw = Σ_rows dy·x̂`.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let rstd = (var + f64::from(self.eps))?.sqrt()?.recip()?;
+        let xhat = centered.broadcast_mul(&rstd)?;
+        let gh = grad.broadcast_mul(w)?;
+        let m1 = gh.mean_keepdim(D::Minus1)?;
+        let m2 = (&gh * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = gh
+            .broadcast_sub(&m1)?
+            .sub(&xhat.broadcast_mul(&m2)?)?
+            .broadcast_mul(&rstd)?;
+        let dims = grad.dims();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let dw = (grad * &xhat)?
+            .reshape((rows, w.elem_count()))?
+            .sum(0)?
+            .reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+simd_dispatch!(layer_norm_row => layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]));
+
+#[inline(always)]
+fn layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    let n = x.len() as f32;
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    let mut sums = [0f32; LANES];
+    for c in chunks.clone() {
+        for i in 0..LANES {
+            sums[i] += c[i];
+        }
+    }
+    let mean = (sums.iter().sum::<f32>() + tail.iter().sum::<f32>()) / n;
+    let mut sq = [0f32; LANES];
+    for c in chunks {
+        for i in 0..LANES {
+            let d = c[i] - mean;
+            sq[i] += d * d;
+        }
+    }
+    let var =
+        (sq.iter().sum::<f32>() + tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for ((o, &v), &wi) in out.iter_mut().zip(x).zip(w) {
+        o.write((v - mean) * rstd * wi);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GeGLU
+
+/// `gelu(a) · b` for `h = [a, b]` split in halves along the last dimension (ModernBERT's MLP with
+/// the exact, erf-based GELU), differentiable; `None` when the fast path does not apply.
+pub fn geglu_erf(h: &Tensor) -> Result<Option<Tensor>> {
+    if !fast_path(h) || h.dim(D::Minus1)? % 2 != 0 {
+        return Ok(None);
+    }
+    Ok(Some(h.contiguous()?.apply_op1(GeGlu)?))
+}
+
+struct GeGlu;
+
+impl CustomOp1 for GeGlu {
+    fn name(&self) -> &'static str {
+        "clinstruct-geglu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let h = contiguous_f32(storage, layout, "geglu")?;
+        let dims = layout.dims();
+        let two_i = *dims.last().unwrap_or(&0);
+        let out = map_rows(h, two_i, two_i / 2, geglu_row);
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = two_i / 2;
+        }
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+
+    /// `da = dy · b · (Φ(a) + a·φ(a))`, `db = dy · a·Φ(a)`.
+    fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let i = h.dim(D::Minus1)? / 2;
+        let a = h.narrow(D::Minus1, 0, i)?;
+        let b = h.narrow(D::Minus1, i, i)?;
+        let cdf = (((&a * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?;
+        let pdf = ((a.sqr()? * -0.5)?.exp()?
+            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
+        let da = ((grad * &b)? * (&cdf + (&a * &pdf)?)?)?;
+        let db = (grad * (&a * &cdf)?)?;
+        Ok(Some(Tensor::cat(&[&da, &db], D::Minus1)?))
+    }
+}
+
+simd_dispatch!(geglu_row => geglu_row_portable(h: &[f32], out: &mut [MaybeUninit<f32>]));
+
+#[inline(always)]
+fn geglu_row_portable(h: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let (a, b) = h.split_at(out.len());
+    for ((o, &x), &g) in out.iter_mut().zip(a).zip(b) {
+        o.write(gelu_erf(x) * g);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|t| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .unwrap()
+    }
+
+    /// Values and gradients of `fused` against `reference` for a random input of `shape`
+    /// (large enough to take the multi-threaded path).
+    fn check(
+        shape: &[usize],
+        scale: f64,
+        fused: impl Fn(&Tensor) -> Result<Tensor>,
+        reference: impl Fn(&Tensor) -> Result<Tensor>,
+        tol: f32,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, scale as f32, shape, &dev)?;
+        let a = fused(x.as_tensor())?;
+        let b = reference(x.as_tensor())?;
+        assert_eq!(a.dims(), b.dims());
+        // Relative to the largest magnitude: products of large values round in the last bit.
+        let rel = |a: &Tensor, b: &Tensor| {
+            let m = b
+                .abs()
+                .and_then(|t| t.flatten_all()?.max(0)?.to_scalar::<f32>());
+            max_abs_diff(a, b) / m.unwrap().max(1.0)
+        };
+        assert!(rel(&a, &b) < tol, "values: {}", rel(&a, &b));
+        let w = Tensor::randn(0f32, 1., a.shape(), &dev)?;
+        let ga = (&a * &w)?.sum_all()?.backward()?;
+        let gb = (&b * &w)?.sum_all()?.backward()?;
+        let (ga, gb) = (
+            ga.get(x.as_tensor()).unwrap(),
+            gb.get(x.as_tensor()).unwrap(),
+        );
+        assert!(rel(ga, gb) < tol * 10.0, "grads: {}", rel(ga, gb));
+        Ok(())
+    }
+
+    #[test]
+    fn softmax_matches_the_generic_op() -> Result<()> {
+        let dev = Device::Cpu;
+        // Masked entries and a fully masked row, on a row length with a tail.
+        let mut m = vec![0f32; 3 * 5 * 37];
+        for (i, v) in m.iter_mut().enumerate() {
+            if i % 7 == 0 || (74..111).contains(&i) {
+                *v = crate::attention::MASKED;
+            }
+        }
+        let m = Tensor::from_vec(m, (3, 5, 37), &dev)?;
+        check(
+            &[3, 5, 37],
+            4.0,
+            |x| softmax_last_dim(&x.broadcast_add(&m)?),
+            |x| candle_nn::ops::softmax(&x.broadcast_add(&m)?, D::Minus1),
+            1e-6,
+        )?;
+        check(
+            &[64, 700],
+            3.0,
+            softmax_last_dim,
+            |x| candle_nn::ops::softmax(x, D::Minus1),
+            1e-6,
+        )
+    }
+
+    #[test]
+    fn exp_and_gelu_accuracy() {
+        for v in [-87.0f32, -20.5, -3.3, -1e-3, 0.0] {
+            let rel = (exp_neg(v) - v.exp()).abs() / v.exp();
+            assert!(rel < 5e-7, "exp({v}): {rel}");
+        }
+        assert_eq!(exp_neg(-100.0), 0.0);
+        assert_eq!(exp_neg(crate::attention::MASKED), 0.0);
+        for i in -800..=800 {
+            let x = i as f32 / 100.0;
+            let exact = 0.5 * x as f64 * (1.0 + libm_erf(x as f64 / std::f64::consts::SQRT_2));
+            let err = (gelu_erf(x) as f64 - exact).abs();
+            assert!(err < 4e-7 * (1.0 + x.abs() as f64), "gelu({x}): {err}");
+        }
+    }
+
+    /// erf to double precision (Taylor series near 0, continued fraction beyond), for the test.
+    fn libm_erf(x: f64) -> f64 {
+        let t = Tensor::new(&[x], &Device::Cpu).unwrap();
+        t.erf().unwrap().to_vec1::<f64>().unwrap()[0]
+    }
+
+    #[test]
+    fn layer_norm_matches_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::randn(1f32, 0.3, 96, &dev)?;
+        let reference = |x: &Tensor, w: &Tensor| -> Result<Tensor> {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let c = x.broadcast_sub(&mean)?;
+            let var = c.sqr()?.mean_keepdim(D::Minus1)?;
+            c.broadcast_div(&(var + 1e-5)?.sqrt()?)?.broadcast_mul(w)
+        };
+        let wt = w.as_tensor().clone();
+        check(
+            &[4, 100, 96],
+            2.0,
+            |x| Ok(layer_norm_no_bias(x, &wt, 1e-5)?.unwrap()),
+            |x| reference(x, &wt),
+            2e-5,
+        )?;
+        // The weight's gradient too.
+        let x = Tensor::randn(0f32, 2., (7, 96), &dev)?;
+        let r = Tensor::randn(0f32, 1., (7, 96), &dev)?;
+        let ga = (layer_norm_no_bias(&x, w.as_tensor(), 1e-5)?.unwrap() * &r)?
+            .sum_all()?
+            .backward()?;
+        let gb = (reference(&x, w.as_tensor())? * &r)?
+            .sum_all()?
+            .backward()?;
+        let d = max_abs_diff(
+            ga.get(w.as_tensor()).unwrap(),
+            gb.get(w.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-4, "dw: {d}");
+        Ok(())
+    }
+
+    #[test]
+    fn geglu_matches_ops() -> Result<()> {
+        let reference = |h: &Tensor| -> Result<Tensor> {
+            let i = h.dim(D::Minus1)? / 2;
+            h.narrow(D::Minus1, 0, i)?.gelu_erf()? * h.narrow(D::Minus1, i, i)?
+        };
+        check(
+            &[3, 5, 2 * 41],
+            2.0,
+            |h| Ok(geglu_erf(h)?.unwrap()),
+            reference,
+            2e-6,
+        )?;
+        check(
+            &[300, 2 * 160],
+            3.0,
+            |h| Ok(geglu_erf(h)?.unwrap()),
+            reference,
+            2e-6,
+        )
+    }
+}

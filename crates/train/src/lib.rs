@@ -1,0 +1,15 @@
+//! The training engine: losses, the fused AdamW optimiser, gradient clipping and accumulation,
+//! learning-rate schedules. Model-side pieces (frozen and quantised bases, LoRA adapters, PEFT
+//! files) live in `clinstruct_nn`.
+
+pub mod alloc;
+pub mod loss;
+pub mod optim;
+pub mod schedule;
+
+pub use loss::{
+    Head, HeadNorm, IGNORE_INDEX, Reduction, causal_lm_loss, cross_entropy,
+    inverse_frequency_weights, label_counts, masked_multi_head_loss,
+};
+pub use optim::{AdamW, AdamWConfig, GradAccumulator, clip_coefficient, clip_grad_norm, grad_norm};
+pub use schedule::{Decay, LrSchedule, warmup_steps_from_ratio};
