@@ -44,6 +44,11 @@ impl TnmLabels {
         }
     }
 
+    /// 0-based class indices for T, N, M (T1→0, N0→0, M0→0), the encoding of the metrics.
+    pub fn class_indices(&self) -> [Option<u8>; 3] {
+        Stage::ALL.map(|s| self.get(s).map(|c| s.class_index(c) as u8))
+    }
+
     /// How many of the three stages carry a label.
     pub fn count(&self) -> usize {
         Stage::ALL

@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 
 use clinstruct_data::Stage;
 use clinstruct_data::ajcc;
+use clinstruct_data::tnm::TnmLabels;
 use regex::Regex;
 use serde::Serialize;
 
@@ -53,6 +54,15 @@ impl RuleStaging {
     /// The category per stage, `None` where the text states none (or states X).
     pub fn category(&self, stage: Stage) -> Option<u8> {
         self.get(stage).and_then(|e| e.category)
+    }
+
+    /// The stated categories as corpus labels.
+    pub fn labels(&self) -> TnmLabels {
+        TnmLabels {
+            t: self.category(Stage::T),
+            n: self.category(Stage::N),
+            m: self.category(Stage::M),
+        }
     }
 }
 

@@ -10,7 +10,6 @@ use anyhow::Result;
 
 use super::out;
 use clap::Args;
-use clinstruct_data::Stage;
 use clinstruct_data::soap::{self, SoapCorpus};
 use clinstruct_data::split::{DEFAULT_DEV_FRACTION, train_dev_split};
 use clinstruct_data::stats::{SoapStats, TnmStats};
@@ -55,11 +54,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .iter()
         .map(|r| {
             let staged = stage_report(r.text.as_deref().unwrap_or(""));
-            let idx = |stage: Stage, c: Option<u8>| c.map(|c| stage.class_index(c) as u8);
-            TnmReport::new(
-                Stage::ALL.map(|s| idx(s, r.labels.get(s))),
-                Stage::ALL.map(|s| idx(s, staged.category(s))),
-            )
+            TnmReport::new(r.labels.class_indices(), staged.labels().class_indices())
         })
         .collect();
     out(&tnm_metrics::render_table(&tnm_metrics::score(&reports)))?;

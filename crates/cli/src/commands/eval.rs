@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
-use clinstruct_data::Stage;
 use clinstruct_data::soap;
-use clinstruct_data::tnm::{self, TnmCorpus, TnmFormat, TnmLabels};
+use clinstruct_data::tnm::{self, TnmCorpus, TnmFormat};
 use clinstruct_metrics::soap as soap_metrics;
 use clinstruct_metrics::tnm as tnm_metrics;
 use serde::Serialize;
@@ -195,10 +194,6 @@ struct TnmEvalOutput {
     coverage: Coverage,
 }
 
-fn class_index(stage: Stage, labels: &TnmLabels) -> Option<u8> {
-    labels.get(stage).map(|c| stage.class_index(c) as u8)
-}
-
 fn eval_tnm(a: EvalTnmArgs) -> Result<()> {
     let preds = tnm::load_predictions(&a.pred)?;
     let mut gold = TnmCorpus::load(&a.gold)?;
@@ -234,12 +229,12 @@ fn eval_tnm(a: EvalTnmArgs) -> Result<()> {
     let mut reports = Vec::with_capacity(gold.records.len());
     let mut matched = 0;
     for g in &gold.records {
-        let gold_idx = [Stage::T, Stage::N, Stage::M].map(|s| class_index(s, &g.labels));
+        let gold_idx = g.labels.class_indices();
         let mut report = tnm_metrics::TnmReport::new(gold_idx, [None, None, None]);
         if let Some(&i) = pred_index.get(&key(&g.id)) {
             matched += 1;
             let p = &preds[i];
-            report.pred = [Stage::T, Stage::N, Stage::M].map(|s| class_index(s, &p.labels));
+            report.pred = p.labels.class_indices();
             report.prob = p.probs.clone();
         }
         reports.push(report);
