@@ -35,6 +35,9 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Encoder embeddings ([CLS], mean or every token) for JSONL texts or token ids.
     Embed(commands::embed::EmbedArgs),
+    /// LoRA / QLoRA fine-tuning of decoder LMs, and merging adapters into their base.
+    #[command(subcommand)]
+    Lora(commands::lora::LoraCommand),
     /// Run a checkpoint directly (`model forward`: last hidden states for token ids).
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Model(cmd) => commands::model::run(cmd),
+        Command::Lora(cmd) => commands::lora::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,81 +2,13 @@
 //! Llama-3.2 tokenizer fixture): JSON fields, streaming, chat, stop strings, seeds, errors, and
 //! that logs never contain the prompt.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-use candle_core::{DType, Device, Tensor};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use common::{run, stderr, stdout, tiny_model};
 
 const PROMPT: &str = "Patient Jane Roe reports chest pain since Monday";
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_clinstruct"))
-}
-
-fn tokenizer_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tokenizers/llama3")
-}
-
-/// A 2-layer Llama with random weights and the fixture's 607-token vocabulary.
-fn tiny_model(dir: &Path) {
-    let (vocab, h, inter, layers) = (607usize, 32usize, 64usize, 2usize);
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-        "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0, "max_position_embeddings": 512, "tie_word_embeddings": true,
-        "bos_token_id": 600, "eos_token_id": [601, 604], "hidden_act": "silu"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let dev = Device::Cpu;
-    let rand = |shape: (usize, usize)| Tensor::randn(0f32, 0.5, shape, &dev);
-    let mut tensors = std::collections::HashMap::new();
-    tensors.insert(
-        "model.embed_tokens.weight".to_string(),
-        rand((vocab, h)).unwrap(),
-    );
-    tensors.insert(
-        "model.norm.weight".to_string(),
-        Tensor::ones(h, DType::F32, &dev).unwrap(),
-    );
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        for (n, shape) in [
-            ("self_attn.q_proj.weight", (h, h)),
-            ("self_attn.k_proj.weight", (h / 2, h)),
-            ("self_attn.v_proj.weight", (h / 2, h)),
-            ("self_attn.o_proj.weight", (h, h)),
-            ("mlp.gate_proj.weight", (inter, h)),
-            ("mlp.up_proj.weight", (inter, h)),
-            ("mlp.down_proj.weight", (h, inter)),
-        ] {
-            tensors.insert(format!("{p}.{n}"), rand(shape).unwrap());
-        }
-        for n in ["input_layernorm.weight", "post_attention_layernorm.weight"] {
-            tensors.insert(
-                format!("{p}.{n}"),
-                Tensor::ones(h, DType::F32, &dev).unwrap(),
-            );
-        }
-    }
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    for f in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(tokenizer_fixture().join(f), dir.join(f)).unwrap();
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
 
 fn json_run(args: &[&str]) -> Value {
     let o = run(args);

@@ -2,9 +2,10 @@
 //! `architectures` (else `model_type`) and builds the matching model.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
-use clinstruct_nn::Weights;
+use clinstruct_nn::{LinearHook, Weights};
 use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
@@ -122,13 +123,27 @@ impl AnyCausalLm {
         dtype: DType,
         device: &Device,
     ) -> std::result::Result<AnyCausalLm, CheckpointError> {
+        AnyCausalLm::load_with_hook(ckpt, dtype, device, None)
+    }
+
+    /// [`Self::load`] with every linear layer passed through `hook` as it loads (freezing,
+    /// quantise-on-load, LoRA adapters: a `clinstruct_nn::lora::LinearPlan`).
+    pub fn load_with_hook(
+        ckpt: &Checkpoint,
+        dtype: DType,
+        device: &Device,
+        hook: Option<Arc<dyn LinearHook>>,
+    ) -> std::result::Result<AnyCausalLm, CheckpointError> {
         let config_path = ckpt.dir.join("config.json");
         let invalid = |path: &Path, e: candle_core::Error| CheckpointError::Invalid {
             path: path.to_path_buf(),
             message: error_message(&e),
         };
         let cfg = AnyConfig::parse(ckpt.config()?).map_err(|e| invalid(&config_path, e))?;
-        let w = ckpt.weights(dtype, device)?;
+        let mut w = ckpt.weights(dtype, device)?;
+        if let Some(hook) = hook {
+            w = w.with_linear_hook(hook);
+        }
         let mut model = AnyCausalLm::new(&cfg, &w).map_err(|e| invalid(&ckpt.dir, e))?;
         let gen_path = ckpt.dir.join("generation_config.json");
         if gen_path.is_file() {

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{self, Value as GgufValue};
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device};
-use clinstruct_nn::Weights;
 use clinstruct_nn::weights::GgufStore;
+use clinstruct_nn::{LinearHook, Weights};
 use serde_json::json;
 
 use crate::auto::{AnyCausalLm, AnyConfig};
@@ -379,12 +379,27 @@ impl GgufModel {
     /// Builds the decoder: the metadata-derived config through the family's own config
     /// parser, weights under HF names (block-quantized linears stay quantized).
     pub fn load_lm(&self, dtype: DType, device: &Device) -> Result<AnyCausalLm> {
+        self.load_lm_with_hook(dtype, device, None)
+    }
+
+    /// [`Self::load_lm`] with every linear layer passed through `hook` (LoRA on the frozen
+    /// quantized base).
+    pub fn load_lm_with_hook(
+        &self,
+        dtype: DType,
+        device: &Device,
+        hook: Option<Arc<dyn LinearHook>>,
+    ) -> Result<AnyCausalLm> {
         let invalid = |e: candle_core::Error| GgufError::Invalid {
             path: self.path.clone(),
             message: crate::decoder::error_message(&e),
         };
         let cfg = AnyConfig::parse(&self.config).map_err(invalid)?;
-        AnyCausalLm::new(&cfg, &self.weights(dtype, device)).map_err(invalid)
+        let mut w = self.weights(dtype, device);
+        if let Some(hook) = hook {
+            w = w.with_linear_hook(hook);
+        }
+        AnyCausalLm::new(&cfg, &w).map_err(invalid)
     }
 
     /// Tensor count per ggml type (`Q4_K: 27`, ...).

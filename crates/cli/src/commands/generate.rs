@@ -4,16 +4,15 @@
 //! Prompts may hold patient data: logs (stderr) give token counts and a fingerprint of the
 //! prompt, never its text.
 
-use std::path::Path;
-
-use anyhow::{Context, Result, bail};
-use candle_core::{DType, Device};
+use anyhow::{Result, bail};
+use candle_core::Device;
 use clap::Args;
 use clinstruct_models::generation::{
     FinishReason, Generation, GenerationConfig, TextDelta, generate,
 };
-use clinstruct_models::gguf::GgufModel;
-use clinstruct_models::{AnyCausalLm, CausalLm, ChatMessage, Checkpoint, Tokenizer};
+use clinstruct_models::{CausalLm, ChatMessage};
+
+use super::load::{LoadedLm, load_lm};
 use serde::Serialize;
 
 #[derive(Args)]
@@ -76,45 +75,6 @@ struct Timing {
     decode_tokens_per_second: f64,
 }
 
-/// A model and its tokenizer, from a GGUF file or an HF directory.
-fn load(spec: &str, device: &Device) -> Result<(AnyCausalLm, Tokenizer, String)> {
-    let path = Path::new(spec);
-    let gguf = if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        Some(path.to_path_buf())
-    } else {
-        let ckpt = Checkpoint::resolve(spec)?;
-        match &ckpt.gguf {
-            Some(g) if ckpt.safetensors.is_empty() => Some(g.clone()),
-            _ => {
-                let lm = AnyCausalLm::load(&ckpt, DType::F32, device)?;
-                let tok = Tokenizer::from_dir(&ckpt.dir)
-                    .with_context(|| format!("{}: tokenizer", ckpt.dir.display()))?;
-                let desc = format!(
-                    "{} ({})",
-                    ckpt.dir.display(),
-                    ckpt.architecture().unwrap_or_default()
-                );
-                return Ok((lm, tok, desc));
-            }
-        }
-    };
-    let g = gguf.expect("set above");
-    let m = GgufModel::open(&g, device)?;
-    let lm = m.load_lm(DType::F32, device)?;
-    let quants: Vec<String> = m
-        .quant_summary()
-        .iter()
-        .map(|(k, n)| format!("{k}×{n}"))
-        .collect();
-    let desc = format!(
-        "{} (gguf {}, {})",
-        g.display(),
-        m.architecture.name(),
-        quants.join(" ")
-    );
-    Ok((lm, m.tokenizer, desc))
-}
-
 /// FNV-1a: a fingerprint to correlate log lines with a prompt without logging the prompt.
 fn fingerprint(text: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -141,7 +101,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let device = Device::Cpu;
     let t0 = std::time::Instant::now();
-    let (lm, tok, desc) = load(&args.model, &device)?;
+    let LoadedLm {
+        lm,
+        tokenizer: tok,
+        description: desc,
+        ..
+    } = load_lm(&args.model, &device, None)?;
     let load_seconds = t0.elapsed().as_secs_f64();
     eprintln!("model: {desc}, loaded in {load_seconds:.2}s");
 

@@ -3,6 +3,8 @@ pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod generate;
+pub mod load;
+pub mod lora;
 pub mod model;
 pub mod tnm;
 
