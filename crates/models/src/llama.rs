@@ -307,8 +307,7 @@ impl DecoderLm for Llama {
     ) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (b, l) = check_inputs(input_ids, attention_mask, position_ids, past)?;
-        let windows: Vec<usize> = self.spec.sliding_window.into_iter().collect();
-        let masks = Masks::new(b, l, past, attention_mask, &windows, input_ids.device())?;
+        let masks = Masks::new(b, l, past, attention_mask, input_ids.device())?;
         let mut x = self.embed_tokens.forward(input_ids)?;
         let rope = self.rotary.cos_sin(position_ids, x.dtype())?;
         let q_scale = self.temperature(position_ids, x.dtype())?;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
+use clinstruct_nn::attention::flash::{Span, flash_attention, key_padding};
 use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
 use clinstruct_nn::norm::LayerNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding, apply_rotary};
@@ -533,6 +534,10 @@ impl Embeddings {
 struct Context {
     global_rope: RopeTable,
     local_rope: RopeTable,
+    /// Set when layers take the memory-efficient attention (on the CPU): the key-padding
+    /// flags, `None` without padding. The additive masks below are then not built.
+    flash: Option<Option<Arc<[u8]>>>,
+    half_width: usize,
     /// Additive key-padding mask `(b, 1, 1, L)`; `None` without padding.
     global_mask: Option<Tensor>,
     local: LocalMask,
@@ -753,19 +758,35 @@ impl Attention {
             softcap: None,
         };
         let p_drop = (train && self.dropout > 0.0).then_some(self.dropout);
-        let y = match (kind, &ctx.local) {
-            (LayerType::Local, LocalMask::Banded(band)) => {
-                banded_attention(&q, &k, &v, band, opts, p_drop)?
+        let flash = match &ctx.flash {
+            // Attention dropout needs the probabilities: the op-by-op path has them.
+            Some(pad) if p_drop.is_none() => {
+                let span = match kind {
+                    LayerType::Global => Span::Full,
+                    LayerType::Local => Span::Band {
+                        half_width: ctx.half_width,
+                    },
+                };
+                flash_attention(&q, &k, &v, span, pad.as_ref(), opts)?
             }
-            (LayerType::Local, LocalMask::Dense(mask)) => {
-                chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
-            }
-            (LayerType::Local, LocalMask::Unused) => {
-                candle_core::bail!("local layer without a local mask")
-            }
-            (LayerType::Global, _) => {
-                chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
-            }
+            _ => None,
+        };
+        let y = match flash {
+            Some(y) => y,
+            None => match (kind, &ctx.local) {
+                (LayerType::Local, LocalMask::Banded(band)) => {
+                    banded_attention(&q, &k, &v, band, opts, p_drop)?
+                }
+                (LayerType::Local, LocalMask::Dense(mask)) => {
+                    chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
+                }
+                (LayerType::Local, LocalMask::Unused) => {
+                    candle_core::bail!("local layer without a local mask")
+                }
+                (LayerType::Global, _) => {
+                    chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
+                }
+            },
         };
         let y = y.transpose(1, 2)?.reshape((b, l, hidden))?;
         dropout(&self.wo.forward(&y)?, self.dropout, train)
@@ -981,7 +1002,13 @@ impl ModernBert {
         let positions = RotaryEmbedding::positions(1, l, 0, dev)?;
         let global_rope = RopeTable::new(&self.global_rope, &positions)?;
         let local_rope = RopeTable::new(&self.local_rope, &positions)?;
+        // Flash attention needs the CPU and no attention dropout (it never forms the
+        // probabilities dropout would act on).
+        let flash = (dev.is_cpu() && !(train && self.cfg.attention_dropout > 0.0))
+            .then(|| padding.as_ref().map(key_padding).transpose())
+            .transpose()?;
         let global_mask = match &padding {
+            _ if flash.is_some() => None,
             Some(m) => Some(
                 ((m.ones_like()? - m)? * f64::from(MASKED))?
                     .reshape((b, 1, 1, l))?
@@ -991,7 +1018,7 @@ impl ModernBert {
         };
         let half = self.cfg.local_half_width();
         let has_local = self.cfg.layer_types.contains(&LayerType::Local);
-        let local = if !has_local {
+        let local = if !has_local || flash.is_some() {
             LocalMask::Unused
         } else if self.local_attention_is_banded(l) {
             LocalMask::Banded(BandMask::new(b, l, half, padding.as_ref(), dev)?)
@@ -1010,6 +1037,8 @@ impl ModernBert {
         let ctx = Context {
             global_rope,
             local_rope,
+            flash,
+            half_width: half,
             global_mask,
             local,
         };
