@@ -17,6 +17,8 @@ use candle_core::{D, DType, Device, Tensor};
 use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
 use clinstruct_nn::attention::flash::{Span, flash_attention, key_padding};
 use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
+use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
+use clinstruct_nn::dropout::next_seed;
 use clinstruct_nn::norm::LayerNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding, apply_rotary};
 use clinstruct_nn::{Linear, Weights};
@@ -490,9 +492,10 @@ fn root(e: candle_core::Error) -> candle_core::Error {
     }
 }
 
+/// Replayable inside checkpointed layers (`clinstruct_nn::dropout`).
 fn dropout(x: &Tensor, p: f32, train: bool) -> candle_core::Result<Tensor> {
     if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p)
+        clinstruct_nn::dropout::dropout(x, p)
     } else {
         Ok(x.clone())
     }
@@ -877,6 +880,8 @@ pub struct ModernBert {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Set while gradient checkpointing is on: where the layers' parameter gradients go.
+    checkpointing: Option<Gradients>,
 }
 
 impl ModernBert {
@@ -924,7 +929,25 @@ impl ModernBert {
             prefix: prefix.to_string(),
             dtype: w.dtype(),
             device: w.device().clone(),
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing per layer: each layer's activations are dropped after its
+    /// forward and recomputed in the backward pass (dropout masks replayed). Gradients of the
+    /// layers' parameters then reach candle's `GradStore` through [`Self::gradients`].
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on.then(Gradients::new);
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
+    /// gives every gradient, with or without checkpointing.
+    pub fn gradients(&self) -> Gradients {
+        self.checkpointing.clone().unwrap_or_default()
     }
 
     /// Reads `config.json` and the safetensors of a checkpoint; errors name the file.
@@ -1043,8 +1066,22 @@ impl ModernBert {
             local,
         };
         let mut x = self.embeddings.forward(input_ids, train)?;
+        let ctx = Arc::new(ctx);
         for layer in &self.layers {
-            x = layer.forward(&x, &ctx, train)?;
+            // A checkpointed layer draws its dropout masks in its own scope, to replay them;
+            // under an outer scope every layer does, so a seeded run is the same with or
+            // without checkpointing.
+            let seed = clinstruct_nn::dropout::nested_seed();
+            x = match &self.checkpointing {
+                Some(grads) => {
+                    let (layer, ctx) = (layer.clone(), ctx.clone());
+                    let block: Block = Arc::new(move |x: &Tensor| layer.forward(x, &ctx, train));
+                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
+                }
+                None => {
+                    clinstruct_nn::dropout::maybe_scoped(seed, || layer.forward(&x, &ctx, train))?
+                }
+            };
         }
         self.final_norm.forward(&x)
     }
