@@ -3,10 +3,11 @@
 //! greedy loop. Every forward op here has a backward (see `clinstruct_nn`), so the models built
 //! from these pieces train as they infer.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
+use clinstruct_nn::attention::flash::{self, Span, flash_attention};
 use clinstruct_nn::attention::{AttentionOpts, MaskKind, build_mask, scaled_dot_product};
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
@@ -415,20 +416,29 @@ impl Attention {
         if let Some(f) = q_scale {
             q = q.broadcast_mul(f)?;
         }
-        let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
-            None => (k, v),
+        let opts = AttentionOpts {
+            scale: s.scale,
+            softcap: s.softcap,
         };
-        let y = scaled_dot_product(
-            &q,
-            &k,
-            &v,
-            Some(masks.get(s.window)),
-            AttentionOpts {
-                scale: s.scale,
-                softcap: s.softcap,
-            },
-        )?;
+        // Full-sequence forwards (training, prefill without a cache) take the memory-efficient
+        // attention where it applies; cached steps keep the op-by-op path.
+        let flash = match cache {
+            None => {
+                let span = Span::Causal { window: s.window };
+                flash_attention(&q, &k, &v, span, masks.key_padding()?.as_ref(), opts)?
+            }
+            Some(_) => None,
+        };
+        let y = match flash {
+            Some(y) => y,
+            None => {
+                let (k, v) = match cache {
+                    Some(c) => c.append(&k, &v)?,
+                    None => (k, v),
+                };
+                scaled_dot_product(&q, &k, &v, Some(&masks.get(s.window)?), opts)?
+            }
+        };
         let y = y
             .transpose(1, 2)?
             .reshape((b, l, s.num_heads * s.head_dim))?;
@@ -503,11 +513,18 @@ pub fn check_inputs(
     Ok((b, l))
 }
 
-/// The additive masks of one step: full causal, and one per sliding window in use.
-#[derive(Debug, Clone)]
+/// The masks of one step, built on first use: the additive dense masks (full causal and one
+/// per sliding window) for the op-by-op attention, and the key-padding flags for the
+/// memory-efficient one, which needs no `L × L` mask at all.
+#[derive(Debug)]
 pub struct Masks {
-    full: Tensor,
-    sliding: Vec<(usize, Tensor)>,
+    batch: usize,
+    q_len: usize,
+    past: usize,
+    attention_mask: Option<Tensor>,
+    device: Device,
+    dense: Mutex<Vec<(Option<usize>, Tensor)>>,
+    key_padding: OnceLock<Option<Arc<[u8]>>>,
 }
 
 impl Masks {
@@ -518,42 +535,55 @@ impl Masks {
         q_len: usize,
         past: usize,
         attention_mask: Option<&Tensor>,
-        windows: &[usize],
         device: &Device,
     ) -> Result<Masks> {
-        let k_len = past + q_len;
-        let build = |w| {
-            build_mask(
-                batch,
-                q_len,
-                k_len,
-                MaskKind::Causal,
-                w,
-                attention_mask,
-                device,
-            )
-        };
-        let full = build(None)?;
-        let mut sliding = Vec::new();
-        for &w in windows {
-            if sliding.iter().any(|(x, _)| *x == w) {
-                continue;
-            }
-            // A window covering every key is the full mask.
-            let m = if w >= k_len {
-                full.clone()
-            } else {
-                build(Some(w))?
-            };
-            sliding.push((w, m));
-        }
-        Ok(Masks { full, sliding })
+        Ok(Masks {
+            batch,
+            q_len,
+            past,
+            attention_mask: attention_mask.cloned(),
+            device: device.clone(),
+            dense: Mutex::new(Vec::new()),
+            key_padding: OnceLock::new(),
+        })
     }
 
-    pub fn get(&self, window: Option<usize>) -> &Tensor {
-        window
-            .and_then(|w| self.sliding.iter().find(|(x, _)| *x == w).map(|(_, m)| m))
-            .unwrap_or(&self.full)
+    /// The additive `(b, 1, q_len, past + q_len)` mask for a sliding `window` (or none).
+    pub fn get(&self, window: Option<usize>) -> Result<Tensor> {
+        let k_len = self.past + self.q_len;
+        // A window covering every key is the full mask.
+        let window = window.filter(|&w| w < k_len);
+        let mut dense = self
+            .dense
+            .lock()
+            .map_err(|_| candle_core::Error::msg("mask cache poisoned"))?;
+        if let Some((_, m)) = dense.iter().find(|(w, _)| *w == window) {
+            return Ok(m.clone());
+        }
+        let m = build_mask(
+            self.batch,
+            self.q_len,
+            k_len,
+            MaskKind::Causal,
+            window,
+            self.attention_mask.as_ref(),
+            &self.device,
+        )?;
+        dense.push((window, m.clone()));
+        Ok(m)
+    }
+
+    /// `(b · (past + q_len))` flags, 1 for real keys, for [`flash_attention`].
+    pub fn key_padding(&self) -> Result<Option<Arc<[u8]>>> {
+        if let Some(p) = self.key_padding.get() {
+            return Ok(p.clone());
+        }
+        let p = self
+            .attention_mask
+            .as_ref()
+            .map(flash::key_padding)
+            .transpose()?;
+        Ok(self.key_padding.get_or_init(|| p).clone())
     }
 }
 

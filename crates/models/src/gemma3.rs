@@ -456,8 +456,7 @@ impl DecoderLm for Gemma3 {
     ) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (b, l) = check_inputs(input_ids, attention_mask, position_ids, past)?;
-        let windows: Vec<usize> = self.spec.sliding_window.into_iter().collect();
-        let masks = Masks::new(b, l, past, attention_mask, &windows, input_ids.device())?;
+        let masks = Masks::new(b, l, past, attention_mask, input_ids.device())?;
         let mut x = self.embed_tokens.forward(input_ids)?;
         let global = self.global_rotary.cos_sin(position_ids, x.dtype())?;
         let local = self.local_rotary.cos_sin(position_ids, x.dtype())?;

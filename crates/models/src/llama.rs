@@ -5,8 +5,12 @@
 //! (YaRN and a llama-4 query temperature): those files resolve their configs to a
 //! [`LlamaSpec`] and name their weights; the numerics live here once.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Result, Tensor};
 use clinstruct_nn::Weights;
+use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
+use clinstruct_nn::dropout::next_seed;
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding};
 use serde::Deserialize;
@@ -226,6 +230,8 @@ pub struct Llama {
     rotary: RotaryEmbedding,
     spec: LlamaSpec,
     pub(crate) info: LmInfo,
+    /// Set while gradient checkpointing is on: where the layers' parameter gradients go.
+    checkpointing: Option<Gradients>,
 }
 
 impl Llama {
@@ -273,7 +279,25 @@ impl Llama {
             rotary,
             info: spec.info.clone(),
             spec: spec.clone(),
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing per decoder layer in full-sequence forwards (see
+    /// `clinstruct_nn::checkpoint`); layer parameter gradients reach candle's `GradStore`
+    /// through [`Self::gradients`].
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on.then(Gradients::new);
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
+    /// gives every gradient, with or without checkpointing.
+    pub fn gradients(&self) -> Gradients {
+        self.checkpointing.clone().unwrap_or_default()
     }
 
     pub fn spec(&self) -> &LlamaSpec {
@@ -307,8 +331,7 @@ impl DecoderLm for Llama {
     ) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (b, l) = check_inputs(input_ids, attention_mask, position_ids, past)?;
-        let windows: Vec<usize> = self.spec.sliding_window.into_iter().collect();
-        let masks = Masks::new(b, l, past, attention_mask, &windows, input_ids.device())?;
+        let masks = Arc::new(Masks::new(b, l, past, attention_mask, input_ids.device())?);
         let mut x = self.embed_tokens.forward(input_ids)?;
         let rope = self.rotary.cos_sin(position_ids, x.dtype())?;
         let q_scale = self.temperature(position_ids, x.dtype())?;
@@ -317,7 +340,22 @@ impl DecoderLm for Llama {
             .iter()
             .zip(layer_caches(cache, self.layers.len())?)
         {
-            x = layer.forward(&x, &rope, q_scale.as_ref(), &masks, kv)?;
+            // Per-layer dropout scopes (LoRA dropout), replayed by checkpointed layers.
+            let seed = clinstruct_nn::dropout::nested_seed();
+            x = match (&self.checkpointing, kv) {
+                // Cached steps are inference: nothing to recompute.
+                (Some(grads), None) => {
+                    let (layer, rope, q_scale, masks) =
+                        (layer.clone(), rope.clone(), q_scale.clone(), masks.clone());
+                    let block: Block = Arc::new(move |x: &Tensor| {
+                        layer.forward(x, &rope, q_scale.as_ref(), &masks, None)
+                    });
+                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
+                }
+                (_, kv) => clinstruct_nn::dropout::maybe_scoped(seed, || {
+                    layer.forward(&x, &rope, q_scale.as_ref(), &masks, kv)
+                })?,
+            };
         }
         self.norm.forward(&x)
     }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
+use clinstruct_nn::attention::flash::{Span, flash_attention, key_padding};
 use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
+use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
+use clinstruct_nn::dropout::next_seed;
 use clinstruct_nn::norm::LayerNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding, apply_rotary};
 use clinstruct_nn::{Linear, Weights};
@@ -489,9 +492,10 @@ fn root(e: candle_core::Error) -> candle_core::Error {
     }
 }
 
+/// Replayable inside checkpointed layers (`clinstruct_nn::dropout`).
 fn dropout(x: &Tensor, p: f32, train: bool) -> candle_core::Result<Tensor> {
     if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p)
+        clinstruct_nn::dropout::dropout(x, p)
     } else {
         Ok(x.clone())
     }
@@ -533,6 +537,10 @@ impl Embeddings {
 struct Context {
     global_rope: RopeTable,
     local_rope: RopeTable,
+    /// Set when layers take the memory-efficient attention (on the CPU): the key-padding
+    /// flags, `None` without padding. The additive masks below are then not built.
+    flash: Option<Option<Arc<[u8]>>>,
+    half_width: usize,
     /// Additive key-padding mask `(b, 1, 1, L)`; `None` without padding.
     global_mask: Option<Tensor>,
     local: LocalMask,
@@ -753,19 +761,35 @@ impl Attention {
             softcap: None,
         };
         let p_drop = (train && self.dropout > 0.0).then_some(self.dropout);
-        let y = match (kind, &ctx.local) {
-            (LayerType::Local, LocalMask::Banded(band)) => {
-                banded_attention(&q, &k, &v, band, opts, p_drop)?
+        let flash = match &ctx.flash {
+            // Attention dropout needs the probabilities: the op-by-op path has them.
+            Some(pad) if p_drop.is_none() => {
+                let span = match kind {
+                    LayerType::Global => Span::Full,
+                    LayerType::Local => Span::Band {
+                        half_width: ctx.half_width,
+                    },
+                };
+                flash_attention(&q, &k, &v, span, pad.as_ref(), opts)?
             }
-            (LayerType::Local, LocalMask::Dense(mask)) => {
-                chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
-            }
-            (LayerType::Local, LocalMask::Unused) => {
-                candle_core::bail!("local layer without a local mask")
-            }
-            (LayerType::Global, _) => {
-                chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
-            }
+            _ => None,
+        };
+        let y = match flash {
+            Some(y) => y,
+            None => match (kind, &ctx.local) {
+                (LayerType::Local, LocalMask::Banded(band)) => {
+                    banded_attention(&q, &k, &v, band, opts, p_drop)?
+                }
+                (LayerType::Local, LocalMask::Dense(mask)) => {
+                    chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
+                }
+                (LayerType::Local, LocalMask::Unused) => {
+                    candle_core::bail!("local layer without a local mask")
+                }
+                (LayerType::Global, _) => {
+                    chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
+                }
+            },
         };
         let y = y.transpose(1, 2)?.reshape((b, l, hidden))?;
         dropout(&self.wo.forward(&y)?, self.dropout, train)
@@ -856,6 +880,8 @@ pub struct ModernBert {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Set while gradient checkpointing is on: where the layers' parameter gradients go.
+    checkpointing: Option<Gradients>,
 }
 
 impl ModernBert {
@@ -903,7 +929,25 @@ impl ModernBert {
             prefix: prefix.to_string(),
             dtype: w.dtype(),
             device: w.device().clone(),
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing per layer: each layer's activations are dropped after its
+    /// forward and recomputed in the backward pass (dropout masks replayed). Gradients of the
+    /// layers' parameters then reach candle's `GradStore` through [`Self::gradients`].
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on.then(Gradients::new);
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
+    /// gives every gradient, with or without checkpointing.
+    pub fn gradients(&self) -> Gradients {
+        self.checkpointing.clone().unwrap_or_default()
     }
 
     /// Reads `config.json` and the safetensors of a checkpoint; errors name the file.
@@ -981,7 +1025,13 @@ impl ModernBert {
         let positions = RotaryEmbedding::positions(1, l, 0, dev)?;
         let global_rope = RopeTable::new(&self.global_rope, &positions)?;
         let local_rope = RopeTable::new(&self.local_rope, &positions)?;
+        // Flash attention needs the CPU and no attention dropout (it never forms the
+        // probabilities dropout would act on).
+        let flash = (dev.is_cpu() && !(train && self.cfg.attention_dropout > 0.0))
+            .then(|| padding.as_ref().map(key_padding).transpose())
+            .transpose()?;
         let global_mask = match &padding {
+            _ if flash.is_some() => None,
             Some(m) => Some(
                 ((m.ones_like()? - m)? * f64::from(MASKED))?
                     .reshape((b, 1, 1, l))?
@@ -991,7 +1041,7 @@ impl ModernBert {
         };
         let half = self.cfg.local_half_width();
         let has_local = self.cfg.layer_types.contains(&LayerType::Local);
-        let local = if !has_local {
+        let local = if !has_local || flash.is_some() {
             LocalMask::Unused
         } else if self.local_attention_is_banded(l) {
             LocalMask::Banded(BandMask::new(b, l, half, padding.as_ref(), dev)?)
@@ -1010,12 +1060,28 @@ impl ModernBert {
         let ctx = Context {
             global_rope,
             local_rope,
+            flash,
+            half_width: half,
             global_mask,
             local,
         };
         let mut x = self.embeddings.forward(input_ids, train)?;
+        let ctx = Arc::new(ctx);
         for layer in &self.layers {
-            x = layer.forward(&x, &ctx, train)?;
+            // A checkpointed layer draws its dropout masks in its own scope, to replay them;
+            // under an outer scope every layer does, so a seeded run is the same with or
+            // without checkpointing.
+            let seed = clinstruct_nn::dropout::nested_seed();
+            x = match &self.checkpointing {
+                Some(grads) => {
+                    let (layer, ctx) = (layer.clone(), ctx.clone());
+                    let block: Block = Arc::new(move |x: &Tensor| layer.forward(x, &ctx, train));
+                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
+                }
+                None => {
+                    clinstruct_nn::dropout::maybe_scoped(seed, || layer.forward(&x, &ctx, train))?
+                }
+            };
         }
         self.final_norm.forward(&x)
     }

@@ -50,6 +50,7 @@ macro_rules! simd_dispatch {
         }
     };
 }
+pub(crate) use simd_dispatch;
 
 /// Runs `f(input row, output row)` over `rows` rows of `in_dim` → `out_dim` values on up to
 /// `RAYON_NUM_THREADS` threads; `f` must write every output element.

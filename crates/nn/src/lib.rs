@@ -15,11 +15,15 @@
 //! - [`rope`]: rotary embeddings with default, linear, llama3 and YaRN frequency scaling.
 //! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders.
 //! - [`fused`]: fused CPU kernels with backward passes (softmax, LayerNorm, GeGLU).
+//! - [`checkpoint`]: gradient checkpointing of blocks (recompute in the backward pass).
+//! - [`dropout`]: dropout with masks that a checkpointed block replays.
 //! - [`kv_cache`]: the key/value cache for generation.
 //! - [`weights`]: one way for model code to get tensors from safetensors, a `VarMap` or GGUF.
 
 pub mod attention;
+pub mod checkpoint;
 pub mod cpu;
+pub mod dropout;
 pub mod frozen;
 pub mod fused;
 pub mod kv_cache;

@@ -254,7 +254,8 @@ impl Lora {
 
     fn dropout_mask(&self, dims: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         let keep = 1.0 - self.dropout;
-        let mut rng = self.control.next_rng();
+        // Inside a checkpointed block the scope's generator, so the recompute draws the same.
+        let mut rng = crate::dropout::scoped_rng().unwrap_or_else(|| self.control.next_rng());
         let n: usize = dims.iter().product();
         let mask: Vec<f32> = (0..n)
             .map(|_| {

@@ -252,7 +252,7 @@ fn banded_chunks(
             .broadcast_add(&mask.mask.narrow(2, n0, nc)?)?;
         let mut probs = softmax_last_dim(&scores)?;
         if let Some(p) = dropout.filter(|&p| p > 0.0) {
-            probs = candle_nn::ops::dropout(&probs, p)?;
+            probs = crate::dropout::dropout(&probs, p)?;
         }
         outs.push(
             probs
@@ -318,7 +318,7 @@ fn dense_chunks(
         }
         let mut probs = softmax_last_dim(&scores)?;
         if let Some(p) = dropout.filter(|&p| p > 0.0) {
-            probs = candle_nn::ops::dropout(&probs, p)?;
+            probs = crate::dropout::dropout(&probs, p)?;
         }
         outs.push(probs.to_dtype(dtype)?.matmul(&v)?);
     }
