@@ -166,6 +166,18 @@ fn train_resume_and_merge() {
     let best = sa["best_step"].as_u64().unwrap();
     assert!([4, 8, 12].contains(&best));
 
+    // Gradient checkpointing recomputes layers (same dropout masks) and trains the same.
+    let g = dir.path().join("g");
+    let g_args = train_args(model, data, eval, g.to_str().unwrap());
+    ok_json(&[&g_args[..], &["--gradient-checkpointing"]].concat());
+    for ((sa, la), (sg, lg)) in losses(&a).into_iter().zip(losses(&g)) {
+        assert_eq!(sa, sg);
+        assert!(
+            (la - lg).abs() < 1e-5,
+            "step {sa}: loss {la} vs {lg} with checkpointing"
+        );
+    }
+
     // Stopped after 5 steps (checkpoint at 4), then resumed: bit-identical.
     let b = dir.path().join("b");
     let b_args = train_args(model, data, eval, b.to_str().unwrap());

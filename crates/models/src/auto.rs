@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
+use clinstruct_nn::checkpoint::Gradients;
 use clinstruct_nn::{LinearHook, Weights};
 use serde_json::Value;
 
@@ -184,6 +185,27 @@ impl AnyCausalLm {
             AnyCausalLm::Mistral(m) => m,
             AnyCausalLm::Gemma3(m) => m,
             AnyCausalLm::Ministral3(m) => m,
+        }
+    }
+
+    /// Gradient checkpointing per decoder layer (see `clinstruct_nn::checkpoint`): layer
+    /// activations are recomputed in the backward pass instead of kept.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        match self {
+            AnyCausalLm::Llama(m) => m.set_gradient_checkpointing(on),
+            AnyCausalLm::Mistral(m) => m.model.set_gradient_checkpointing(on),
+            AnyCausalLm::Gemma3(m) => m.set_gradient_checkpointing(on),
+            AnyCausalLm::Ministral3(m) => m.model.set_gradient_checkpointing(on),
+        }
+    }
+
+    /// `gradients().backward(&loss)` gives every gradient, with or without checkpointing.
+    pub fn gradients(&self) -> Gradients {
+        match self {
+            AnyCausalLm::Llama(m) => m.gradients(),
+            AnyCausalLm::Mistral(m) => m.model.gradients(),
+            AnyCausalLm::Gemma3(m) => m.gradients(),
+            AnyCausalLm::Ministral3(m) => m.model.gradients(),
         }
     }
 

@@ -12,8 +12,12 @@
 //! passes it to the attention function (Gemma 3 replaced Gemma 2's score capping with q/k
 //! norms; released configs set it to null), and parity with transformers is the contract.
 
+use std::sync::Arc;
+
 use candle_core::{Result, Tensor};
 use clinstruct_nn::Weights;
+use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
+use clinstruct_nn::dropout::next_seed;
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::RotaryEmbedding;
@@ -374,6 +378,8 @@ pub struct Gemma3 {
     local_rotary: RotaryEmbedding,
     spec: Gemma3Spec,
     info: LmInfo,
+    /// Set while gradient checkpointing is on: where the layers' parameter gradients go.
+    checkpointing: Option<Gradients>,
 }
 
 impl Gemma3 {
@@ -424,7 +430,24 @@ impl Gemma3 {
             local_rotary: rotary(&spec.local_rope),
             info: spec.info.clone(),
             spec: spec.clone(),
+            checkpointing: None,
         })
+    }
+
+    /// Gradient checkpointing per decoder layer in full-sequence forwards (as
+    /// [`crate::llama::Llama::set_gradient_checkpointing`]).
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on.then(Gradients::new);
+    }
+
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.checkpointing.is_some()
+    }
+
+    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
+    /// gives every gradient, with or without checkpointing.
+    pub fn gradients(&self) -> Gradients {
+        self.checkpointing.clone().unwrap_or_default()
     }
 
     pub fn spec(&self) -> &Gemma3Spec {
@@ -456,7 +479,7 @@ impl DecoderLm for Gemma3 {
     ) -> Result<Tensor> {
         let past = cache.as_ref().map_or(0, |c| c.len());
         let (b, l) = check_inputs(input_ids, attention_mask, position_ids, past)?;
-        let masks = Masks::new(b, l, past, attention_mask, input_ids.device())?;
+        let masks = Arc::new(Masks::new(b, l, past, attention_mask, input_ids.device())?);
         let mut x = self.embed_tokens.forward(input_ids)?;
         let global = self.global_rotary.cos_sin(position_ids, x.dtype())?;
         let local = self.local_rotary.cos_sin(position_ids, x.dtype())?;
@@ -466,7 +489,20 @@ impl DecoderLm for Gemma3 {
             .zip(layer_caches(cache, self.layers.len())?)
         {
             let rope = if layer.sliding { &local } else { &global };
-            x = layer.forward(&x, rope, &masks, kv)?;
+            // Per-layer dropout scopes (LoRA dropout), replayed by checkpointed layers.
+            let seed = clinstruct_nn::dropout::nested_seed();
+            x = match (&self.checkpointing, kv) {
+                // Cached steps are inference: nothing to recompute.
+                (Some(grads), None) => {
+                    let (layer, rope, masks) = (layer.clone(), rope.clone(), masks.clone());
+                    let block: Block =
+                        Arc::new(move |x: &Tensor| layer.forward(x, &rope, &masks, None));
+                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
+                }
+                (_, kv) => clinstruct_nn::dropout::maybe_scoped(seed, || {
+                    layer.forward(&x, rope, &masks, kv)
+                })?,
+            };
         }
         self.norm.forward(&x)
     }

@@ -21,6 +21,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,10 @@ pub trait Recipe {
     fn set_training(&mut self, training: bool);
     /// The loss of one micro-batch of example indices.
     fn loss(&mut self, batch: &[usize]) -> Result<BatchLoss>;
+    /// Gradients of `loss` (recipes with gradient checkpointing merge their side store).
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        loss.backward()
+    }
     /// Evaluation metrics (empty when the recipe has no evaluation data).
     fn evaluate(&mut self) -> Result<BTreeMap<String, f64>>;
     /// Writes the trained weights in the task's format (files directly in `dir`).
@@ -269,7 +274,7 @@ pub fn train(recipe: &mut dyn Recipe, cfg: &TrainerConfig) -> Result<TrainSummar
             loss_sum += value;
             tokens += t;
             let scaled = (loss / cfg.grad_accum.max(1) as f64)?;
-            acc.add(&scaled.backward()?)?;
+            acc.add(&recipe.backward(&scaled)?)?;
         }
         let grads = acc.take();
         let norm = grad_norm(&grads, &plain_vars)?;
@@ -302,7 +307,9 @@ pub fn train(recipe: &mut dyn Recipe, cfg: &TrainerConfig) -> Result<TrainSummar
         }
 
         let mut stop = false;
-        let eval_due = cfg.eval_every.is_some_and(|n| state.step.is_multiple_of(n.max(1)))
+        let eval_due = cfg
+            .eval_every
+            .is_some_and(|n| state.step.is_multiple_of(n.max(1)))
             || (cfg.eval_every.is_some() && state.step == cfg.max_steps);
         if eval_due {
             recipe.set_training(false);
@@ -345,7 +352,11 @@ pub fn train(recipe: &mut dyn Recipe, cfg: &TrainerConfig) -> Result<TrainSummar
         }
 
         let last = state.step == cfg.max_steps || stop;
-        if last || cfg.save_every.is_some_and(|n| state.step.is_multiple_of(n.max(1))) {
+        if last
+            || cfg
+                .save_every
+                .is_some_and(|n| state.step.is_multiple_of(n.max(1)))
+        {
             state.sampler = sampler.state();
             state.rng_state = recipe.rng_state();
             save_checkpoint(out, &state, &vars, &opt, recipe)?;

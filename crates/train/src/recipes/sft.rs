@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 use clinstruct_data::table::Table;
 use clinstruct_models::{AnyCausalLm, ChatMessage, Tokenizer};
+use clinstruct_nn::dropout;
 use clinstruct_nn::lora::{LinearPlan, PeftMeta};
 
 use crate::loss::{IGNORE_INDEX, causal_lm_loss, completion_labels, shift_labels};
@@ -231,6 +233,11 @@ pub struct SftRecipe {
     eval_batch_size: usize,
     pad_id: u32,
     device: Device,
+    seed: u64,
+    /// Training micro-batches run so far: each runs in its own dropout scope seeded from it,
+    /// so a resumed run draws the masks the interrupted one would have (also when
+    /// checkpointed layers replay them).
+    batches_run: u64,
 }
 
 impl SftRecipe {
@@ -253,7 +260,15 @@ impl SftRecipe {
             eval_batch_size: 4,
             pad_id,
             device,
+            seed: 0,
+            batches_run: 0,
         }
+    }
+
+    /// Seeds the dropout masks.
+    pub fn with_seed(mut self, seed: u64) -> SftRecipe {
+        self.seed = seed;
+        self
     }
 
     pub fn with_eval_batch_size(mut self, n: usize) -> SftRecipe {
@@ -263,6 +278,11 @@ impl SftRecipe {
 
     pub fn plan(&self) -> &Arc<LinearPlan> {
         &self.plan
+    }
+
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.model.set_gradient_checkpointing(on);
     }
 
     fn batch_loss(&self, examples: &[&SftExample]) -> Result<(Tensor, SftBatch)> {
@@ -293,7 +313,9 @@ impl Recipe for SftRecipe {
 
     fn loss(&mut self, batch: &[usize]) -> Result<BatchLoss> {
         let examples: Vec<&SftExample> = batch.iter().map(|&i| &self.train[i]).collect();
-        let (loss, batch) = self.batch_loss(&examples)?;
+        let scope = self.seed ^ self.batches_run.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        self.batches_run += 1;
+        let (loss, batch) = dropout::scoped(scope, || self.batch_loss(&examples))?;
         Ok(BatchLoss {
             loss,
             tokens: batch.tokens,
@@ -324,15 +346,19 @@ impl Recipe for SftRecipe {
         Ok(m)
     }
 
+    fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.model.gradients().backward(loss)
+    }
+
     fn export(&self, dir: &Path) -> Result<()> {
         self.plan.save_peft(dir, &self.meta)
     }
 
     fn rng_state(&self) -> u64 {
-        self.plan.control().calls()
+        self.batches_run
     }
 
     fn set_rng_state(&mut self, state: u64) {
-        self.plan.control().set_calls(state);
+        self.batches_run = state;
     }
 }
