@@ -106,8 +106,15 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--rust-bin", default=str(REPO / "target/release/examples/encoder_step"))
     ap.add_argument("--torch-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--table-from", default=None,
+                    help="print the table from the JSON rows a run wrote to stderr")
     a = ap.parse_args()
     lens = [int(x) for x in a.lens.split(",")]
+    if a.table_from:
+        rows = [json.loads(l) for l in Path(a.table_from).read_text().splitlines()
+                if l.startswith("{")]
+        table(rows, lens, a)
+        return
     if a.torch_child:
         print(json.dumps(torch_side(a.torch_child, lens[0], a.layers, a.steps, a.threads)))
         return
@@ -124,12 +131,16 @@ def main() -> None:
                 r = run_torch(side, n, a.layers, a.steps, a.threads)
             rows.append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
+    table(rows, lens, a)
+
+
+def table(rows: list, lens: list, a) -> None:
     print(f"\n{a.layers} layers, batch 1, {a.threads} threads, median of {a.steps} steps\n")
     print("| tokens | side | step s | peak MiB | baseline MiB | step MiB | time vs eager | time vs sdpa | peak vs eager | step MiB vs eager |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in lens:
         by = {r["side"]: r for r in rows if r["len"] == n}
-        eager, sdpa = by["eager"], by["sdpa"]
+        eager, sdpa = by["torch-eager"], by["torch-sdpa"]
         for side, r in by.items():
             step_mb = r["peak_mb"] - r["baseline_mb"]
             e_step = eager["peak_mb"] - eager["baseline_mb"]
