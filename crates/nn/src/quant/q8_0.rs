@@ -25,8 +25,10 @@ pub const QK8_0: usize = 32;
 const BLOCK_BYTES: usize = 34;
 /// Weight rows a kernel call handles together (one activation load serves them all).
 const ROW_TILE: usize = 4;
-/// Below this many multiply-adds a product is not split across threads.
-const PARALLEL_MIN_MACS: usize = 1 << 18;
+/// Below this many multiply-adds a product is not split across threads: a fork-join costs
+/// tens of microseconds (more on a busy machine), a decode step's 640 x 2048 projection about
+/// 60 single-threaded. The LM head and prompt-sized products are split.
+const PARALLEL_MIN_MACS: usize = 1 << 22;
 
 /// A Q8_0 weight `(rows, k)`: the ggml blocks of a CPU `QTensor` and their scales in f32.
 #[derive(Debug)]
@@ -426,7 +428,9 @@ mod tests {
 
     #[test]
     fn threaded_split_is_bit_identical() {
-        let (w, x) = random(1003, 640, 2);
+        // Above PARALLEL_MIN_MACS, so the rows are split.
+        let (w, x) = random(7003, 640, 2);
+        assert!(w.rows() * w.k() * 2 >= PARALLEL_MIN_MACS);
         let one = w.matmul_with(Path::Portable, &x, 2).unwrap();
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
