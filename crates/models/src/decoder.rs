@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 use clinstruct_nn::attention::flash::{self, Span, flash_attention};
-use clinstruct_nn::attention::{AttentionOpts, MaskKind, build_mask, scaled_dot_product};
+use clinstruct_nn::attention::{
+    AttentionOpts, MaskKind, build_mask, scaled_dot_product, scaled_dot_product_f16_kv,
+};
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::{RopeScaling, apply_rotary};
@@ -54,6 +56,50 @@ pub enum Activation {
     GeluTanh,
     /// Exact `gelu` (erf).
     Gelu,
+    /// llama.cpp's CPU GELU (`GGML_GELU_FP16`): the tanh form tabulated at f16 inputs, stored in
+    /// f16 (the input is rounded to f16, so is the result; identity from 10 up, 0 from -10
+    /// down). Gradients are the tanh form's. Not an HF name: GGUF models ask for it through
+    /// `ggml_numerics`.
+    GeluTanhF16,
+}
+
+/// `ggml_gelu_f32` as llama.cpp's table is built from it (GCC contracts `1 + a·x·x` to an fma).
+fn ggml_gelu_f32(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const GELU_COEF_A: f32 = 0.044715;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
+}
+
+/// `ggml_table_gelu_f16`, indexed by f16 bits, as f32.
+fn ggml_gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| {
+                let x = half::f16::from_bits(b).to_f32();
+                half::f16::from_f32(ggml_gelu_f32(x)).to_f32()
+            })
+            .collect()
+    })
+}
+
+/// [`Activation::GeluTanhF16`]'s values.
+fn ggml_gelu_f16(x: &Tensor) -> Result<Tensor> {
+    let table = ggml_gelu_table();
+    let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let y: Vec<f32> = v
+        .iter()
+        .map(|&x| {
+            if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                x
+            } else {
+                table[half::f16::from_f32(x).to_bits() as usize]
+            }
+        })
+        .collect();
+    Tensor::from_vec(y, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
 impl Activation {
@@ -73,6 +119,15 @@ impl Activation {
             Activation::Silu => x.silu(),
             Activation::GeluTanh => x.gelu(),
             Activation::Gelu => x.gelu_erf(),
+            Activation::GeluTanhF16 => {
+                let table = ggml_gelu_f16(x)?;
+                if !x.track_op() {
+                    return Ok(table);
+                }
+                // The table's values with the tanh form's gradient.
+                let smooth = x.gelu()?;
+                &smooth + (table - &smooth)?.detach()
+            }
         }
     }
 }
@@ -349,6 +404,8 @@ pub struct AttentionSpec {
     pub window: Option<usize>,
     /// Gemma 3's per-head RMSNorm (`1 + w`) on queries and keys, with its eps.
     pub qk_norm_eps: Option<f64>,
+    /// llama.cpp's f16 KV cache numerics ([`clinstruct_nn::attention::scaled_dot_product_f16_kv`]).
+    pub f16_kv: bool,
 }
 
 /// Self-attention with HF names (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `q_norm`, `k_norm`).
@@ -421,13 +478,14 @@ impl Attention {
             softcap: s.softcap,
         };
         // Full-sequence forwards (training, prefill without a cache) take the memory-efficient
-        // attention where it applies; cached steps keep the op-by-op path.
+        // attention where it applies; cached steps and llama.cpp's f16-KV numerics keep the
+        // op-by-op path.
         let flash = match cache {
-            None => {
+            None if !s.f16_kv => {
                 let span = Span::Causal { window: s.window };
                 flash_attention(&q, &k, &v, span, masks.key_padding()?.as_ref(), opts)?
             }
-            Some(_) => None,
+            _ => None,
         };
         let y = match flash {
             Some(y) => y,
@@ -436,7 +494,12 @@ impl Attention {
                     Some(c) => c.append(&k, &v)?,
                     None => (k, v),
                 };
-                scaled_dot_product(&q, &k, &v, Some(&masks.get(s.window)?), opts)?
+                let sdpa = if s.f16_kv {
+                    scaled_dot_product_f16_kv
+                } else {
+                    scaled_dot_product
+                };
+                sdpa(&q, &k, &v, Some(&masks.get(s.window)?), opts)?
             }
         };
         let y = y
@@ -741,6 +804,51 @@ pub fn greedy_generate<M: DecoderLm + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ggml_gelu_is_the_tanh_form_in_f16_with_its_gradient() -> Result<()> {
+        let xs = [
+            -12.0f32,
+            -10.0,
+            -3.3,
+            -0.5,
+            0.0,
+            0.123_456,
+            1.0,
+            2.718_281_7,
+            9.99,
+            10.0,
+            25.0,
+        ];
+        let x = Tensor::new(&xs[..], &Device::Cpu)?;
+        let y: Vec<f32> = Activation::GeluTanhF16.apply(&x)?.to_vec1()?;
+        let smooth: Vec<f32> = x.gelu()?.to_vec1()?;
+        for ((&x, &y), &s) in xs.iter().zip(&y).zip(&smooth) {
+            if x <= -10.0 {
+                assert_eq!(y, 0.0);
+            } else if x >= 10.0 {
+                assert_eq!(y, x);
+            } else {
+                assert_eq!(half::f16::from_f32(y).to_f32(), y, "{x}: not an f16 value");
+                // One f16 rounding of the input and one of the output.
+                assert!(
+                    (y - s).abs() <= 1e-3 * (s.abs() + x.abs()) + 1e-7,
+                    "{x}: {y} vs {s}"
+                );
+            }
+        }
+        let v = candle_core::Var::from_tensor(&x)?;
+        let g = Activation::GeluTanhF16
+            .apply(v.as_tensor())?
+            .sum_all()?
+            .backward()?;
+        let g_smooth = v.as_tensor().gelu()?.sum_all()?.backward()?;
+        let grad = |g: &candle_core::backprop::GradStore| -> Result<Vec<f32>> {
+            g.get(v.as_tensor()).expect("gradient").to_vec1()
+        };
+        assert_eq!(grad(&g)?, grad(&g_smooth)?);
+        Ok(())
+    }
 
     #[test]
     fn rope_spellings_agree() -> Result<()> {

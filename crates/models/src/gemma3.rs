@@ -139,6 +139,11 @@ pub struct Config {
     pub eos_token_id: Option<TokenIds>,
     #[serde(default = "d_pad")]
     pub pad_token_id: Option<u32>,
+    /// Not an HF key: set by clinstruct's GGUF loader for llama.cpp's CPU numerics where they
+    /// differ from transformers' (f16 GELU table, f16 KV cache), so greedy decoding follows
+    /// llama.cpp through near-ties.
+    #[serde(default)]
+    pub ggml_numerics: bool,
 }
 
 /// Resolved hyper-parameters.
@@ -162,6 +167,8 @@ pub struct Gemma3Spec {
     /// `attn_logit_softcapping` as configured; unused (see the module docs).
     pub attn_softcap: Option<f64>,
     pub final_softcap: Option<f64>,
+    /// llama.cpp's f16 KV cache numerics in attention (`ggml_numerics`).
+    pub f16_kv: bool,
     pub tie_word_embeddings: bool,
     pub info: LmInfo,
 }
@@ -244,7 +251,10 @@ impl Config {
             num_heads: self.num_attention_heads,
             num_kv_heads: self.num_key_value_heads,
             head_dim: self.head_dim,
-            act: Activation::from_hf(act)?,
+            act: match Activation::from_hf(act)? {
+                Activation::GeluTanh if self.ggml_numerics => Activation::GeluTanhF16,
+                a => a,
+            },
             rms_norm_eps: self.rms_norm_eps,
             attention_bias: self.attention_bias,
             query_pre_attn_scalar: self.query_pre_attn_scalar,
@@ -254,6 +264,7 @@ impl Config {
             local_rope,
             attn_softcap: self.attn_logit_softcapping,
             final_softcap: self.final_logit_softcapping,
+            f16_kv: self.ggml_numerics,
             tie_word_embeddings: self.tie_word_embeddings,
             info: LmInfo {
                 vocab_size: self.vocab_size,
@@ -328,6 +339,7 @@ impl DecoderLayer {
             softcap: None,
             window: if sliding { spec.sliding_window } else { None },
             qk_norm_eps: Some(spec.rms_norm_eps),
+            f16_kv: spec.f16_kv,
         };
         Ok(DecoderLayer {
             input_layernorm: norm("input_layernorm")?,

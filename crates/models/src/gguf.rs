@@ -580,6 +580,9 @@ fn build_config(
                 "rope_scaling".into(),
                 rope_scaling.unwrap_or(serde_json::Value::Null),
             );
+            // llama.cpp's CPU numerics (f16 GELU table, f16 KV cache): greedy decoding then
+            // follows llama.cpp through near-ties (crates/models/tests/gemma3_gguf.rs).
+            o.insert("ggml_numerics".into(), json!(true));
         }
         GgufArchitecture::Llama => {
             let scaling = match rope_scaling {

@@ -181,6 +181,7 @@ impl DecoderLayer {
             softcap: None,
             window: spec.sliding_window,
             qk_norm_eps: None,
+            f16_kv: false,
         };
         Ok(DecoderLayer {
             input_layernorm: norm("input_layernorm")?,

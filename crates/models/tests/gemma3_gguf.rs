@@ -152,13 +152,12 @@ fn gemma3_270m_matches_llama_cpp() {
         decisive >= MIN_MATCH,
         "only {decisive} decisive steps (fixture too short)"
     );
-    // Free-running agreement up to the first near-tie, or all the way.
-    let first_tie = gaps
-        .iter()
-        .position(|&g| g < DECISIVE_GAP)
-        .unwrap_or(want.len());
+    // Free-running: the first MIN_MATCH tokens, near-ties included (steps 2, 5, 21, 24, 25
+    // and 30 have gaps under 0.6 logit). This holds because the Q8_0 products (the LM head,
+    // the Q5_0-derived linears) are computed bit for bit as llama.cpp computes them.
     assert!(
-        same >= first_tie.min(MIN_MATCH),
-        "free-running generation left llama.cpp's path at decisive step {same}"
+        same >= MIN_MATCH,
+        "free-running generation left llama.cpp's path at step {same} (gap {:.4})",
+        gaps.get(same).copied().unwrap_or(f64::NAN)
     );
 }

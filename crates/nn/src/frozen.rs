@@ -321,3 +321,38 @@ pub fn ggml(x: &Tensor, w: &Arc<QTensor>) -> Result<Tensor> {
         Arc::new(move |g: &Tensor| g.matmul(&w.dequantize(g.device())?.to_dtype(g.dtype())?)),
     )
 }
+
+/// Up to this many rows of an untracked input (inference: prompts, generation) a CPU Q8_0
+/// weight goes through [`crate::quant::q8_0`], which quantises activations as llama.cpp does
+/// for every batch size; above, through [`ggml`].
+pub const Q8_0_KERNEL_MAX_ROWS: usize = 256;
+
+/// Whether a Q8_0 product of `rows` rows of `x` takes [`q8_0`]: inference up to
+/// [`Q8_0_KERNEL_MAX_ROWS`] rows; a tracked input (training) only where [`ggml`] would take
+/// candle's kernel too ([`GGML_KERNEL_MAX_ROWS`]), so larger training batches keep the exactly
+/// linear dequantise + gemm forward.
+pub fn q8_0_kernel_applies(x: &Tensor, rows: usize) -> bool {
+    rows <= GGML_KERNEL_MAX_ROWS || (!x.track_op() && rows <= Q8_0_KERNEL_MAX_ROWS)
+}
+
+/// `x · Wᵀ` for a CPU Q8_0 weight through the llama.cpp-equivalent kernel; the backward
+/// dequantises, as [`ggml`]'s does.
+pub fn q8_0(x: &Tensor, w: &Arc<crate::quant::Q8_0Matrix>) -> Result<Tensor> {
+    let (rows, k) = x.dims2()?;
+    if k != w.k() {
+        candle_core::bail!("Q8_0 linear: input has {k} columns, weight {}", w.k());
+    }
+    let dtype = x.dtype();
+    let xf = x.detach().to_dtype(DType::F32)?;
+    let y = match cpu::with_slice::<f32, _>(&xf, |xs| w.matmul(xs, rows))? {
+        Some(y) => Tensor::from_vec(y?, (rows, w.rows()), &Device::Cpu)?.to_dtype(dtype)?,
+        None => candle_core::bail!("Q8_0 linear: the input is not on the CPU"),
+    };
+    let q = w.qtensor().clone();
+    attach_input_grad(
+        "q8_0-linear",
+        x,
+        y,
+        Arc::new(move |g: &Tensor| g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?)),
+    )
+}

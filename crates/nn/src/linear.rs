@@ -19,6 +19,7 @@ use candle_core::{DType, Result, Tensor};
 
 use crate::frozen;
 use crate::lora::Lora;
+use crate::quant::Q8_0Matrix;
 use crate::quant::nf4::{Nf4Config, Nf4Tensor};
 use crate::weights::Weights;
 
@@ -45,31 +46,29 @@ pub struct Linear {
     base: LinearBase,
     bias: Option<Tensor>,
     lora: Option<Lora>,
+    /// A CPU Q8_0 base prepared for [`frozen::q8_0`] (f32 block scales).
+    q8_0: Option<Arc<Q8_0Matrix>>,
     out_dim: usize,
     in_dim: usize,
 }
 
+/// The Q8_0 kernel's view of a base, where it applies (CPU Q8_0).
+fn prepare_q8_0(base: &LinearBase) -> Option<Arc<Q8_0Matrix>> {
+    match base {
+        LinearBase::Quantized(q) if q.dtype() == GgmlDType::Q8_0 && q.device().is_cpu() => {
+            Q8_0Matrix::new(q.clone()).ok().map(Arc::new)
+        }
+        _ => None,
+    }
+}
+
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
-        let (out_dim, in_dim) = weight.dims2()?;
-        Ok(Linear {
-            base: LinearBase::Dense(weight),
-            bias,
-            lora: None,
-            out_dim,
-            in_dim,
-        })
+        Linear::from_base(LinearBase::Dense(weight), bias)
     }
 
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Linear> {
-        let (out_dim, in_dim) = weight.shape().dims2()?;
-        Ok(Linear {
-            base: LinearBase::Quantized(weight),
-            bias,
-            lora: None,
-            out_dim,
-            in_dim,
-        })
+        Linear::from_base(LinearBase::Quantized(weight), bias)
     }
 
     pub fn from_base(base: LinearBase, bias: Option<Tensor>) -> Result<Linear> {
@@ -79,12 +78,22 @@ impl Linear {
             LinearBase::Quantized(q) => q.shape().dims2()?,
         };
         Ok(Linear {
+            q8_0: prepare_q8_0(&base),
             base,
             bias,
             lora: None,
             out_dim,
             in_dim,
         })
+    }
+
+    /// The same layer (bias, adapter) over another base of the same shape.
+    fn with_base(self, base: LinearBase) -> Linear {
+        Linear {
+            q8_0: prepare_q8_0(&base),
+            base,
+            ..self
+        }
     }
 
     /// Loads `weight` (and `bias` when `bias` is true) from `w`, keeping a GGUF tensor quantized,
@@ -159,6 +168,7 @@ impl Linear {
     /// bias is detached too.
     pub fn freeze(mut self) -> Linear {
         if let LinearBase::Dense(w) = &self.base {
+            // A dense base has no Q8_0 view to reset.
             self.base = LinearBase::Frozen(w.detach());
         }
         self.bias = self.bias.map(|b| b.detach());
@@ -169,20 +179,14 @@ impl Linear {
     pub fn quantize_nf4(self, cfg: Nf4Config) -> Result<Linear> {
         let w = self.weight()?;
         let q = Nf4Tensor::quantize(&w, cfg)?;
-        Ok(Linear {
-            base: LinearBase::Nf4(Arc::new(q)),
-            ..self.freeze()
-        })
+        Ok(self.freeze().with_base(LinearBase::Nf4(Arc::new(q))))
     }
 
     /// Quantises the base to a ggml block type (frozen), e.g. `GgmlDType::Q4K`.
     pub fn quantize_ggml(self, dtype: GgmlDType) -> Result<Linear> {
         let w = self.weight()?.to_dtype(DType::F32)?;
         let q = QTensor::quantize(&w, dtype)?;
-        Ok(Linear {
-            base: LinearBase::Quantized(Arc::new(q)),
-            ..self.freeze()
-        })
+        Ok(self.freeze().with_base(LinearBase::Quantized(Arc::new(q))))
     }
 
     /// Replaces a quantized base by its dequantised dense weight (frozen), trading memory for
@@ -190,10 +194,10 @@ impl Linear {
     /// not otherwise keep a dense copy between calls.
     pub fn dequantize_base(self) -> Result<Linear> {
         match &self.base {
-            LinearBase::Nf4(_) | LinearBase::Quantized(_) => Ok(Linear {
-                base: LinearBase::Frozen(self.weight()?),
-                ..self
-            }),
+            LinearBase::Nf4(_) | LinearBase::Quantized(_) => {
+                let w = self.weight()?;
+                Ok(self.with_base(LinearBase::Frozen(w)))
+            }
             LinearBase::Dense(_) | LinearBase::Frozen(_) => Ok(self),
         }
     }
@@ -223,7 +227,12 @@ impl Linear {
             LinearBase::Dense(w) => x2.matmul(&w.t()?)?,
             LinearBase::Frozen(w) => frozen::dense(&x2, w)?,
             LinearBase::Nf4(q) => frozen::nf4(&x2, q)?,
-            LinearBase::Quantized(q) => frozen::ggml(&x2, q)?,
+            LinearBase::Quantized(q) => match &self.q8_0 {
+                Some(m) if x2.device().is_cpu() && frozen::q8_0_kernel_applies(&x2, rows) => {
+                    frozen::q8_0(&x2, m)?
+                }
+                _ => frozen::ggml(&x2, q)?,
+            },
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

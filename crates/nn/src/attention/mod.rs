@@ -48,6 +48,20 @@ pub fn scaled_dot_product(
     let v = repeat_kv(v, n_rep)?;
     let q = q.to_dtype(DType::F32)?;
     let k = k.to_dtype(DType::F32)?;
+    let probs = softmax_scores(&q, &k, mask, opts)?;
+    probs
+        .to_dtype(dtype)?
+        .matmul(&v.contiguous()?)?
+        .to_dtype(dtype)
+}
+
+/// `softmax(q·kᵀ·scale (soft-capped) + mask)` in f32.
+fn softmax_scores(
+    q: &Tensor,
+    k: &Tensor,
+    mask: Option<&Tensor>,
+    opts: AttentionOpts,
+) -> Result<Tensor> {
     let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * opts.scale)?;
     if let Some(cap) = opts.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
@@ -55,11 +69,27 @@ pub fn scaled_dot_product(
     if let Some(m) = mask {
         scores = scores.broadcast_add(&m.to_dtype(DType::F32)?)?;
     }
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-    probs
-        .to_dtype(dtype)?
-        .matmul(&v.contiguous()?)?
-        .to_dtype(dtype)
+    candle_nn::ops::softmax(&scores, D::Minus1)
+}
+
+/// [`scaled_dot_product`] as llama.cpp's CPU backend computes it with its default f16 KV cache
+/// (no flash attention): queries, keys and values rounded to f16, the softmax in f32, the
+/// probabilities rounded to f16 before they weight the values; products accumulate in f32.
+/// (llama.cpp scales queries before rounding them; for a power-of-two scale that is the same.)
+pub fn scaled_dot_product_f16_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    opts: AttentionOpts,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let f16 = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let k = f16(&repeat_kv(k, n_rep)?)?;
+    let v = f16(&repeat_kv(v, n_rep)?)?;
+    let probs = softmax_scores(&f16(q)?, &k, mask, opts)?;
+    f16(&probs)?.matmul(&v.contiguous()?)?.to_dtype(dtype)
 }
 
 /// Which keys each query may see.
@@ -151,6 +181,31 @@ mod tests {
         let m = build_mask(1, 5, 5, MaskKind::Bidirectional, Some(1), None, &dev)?;
         let row: Vec<f32> = m.squeeze(0)?.squeeze(0)?.get(2)?.to_vec1()?;
         assert_eq!(row, vec![MASKED, 0.0, 0.0, 0.0, MASKED]);
+        Ok(())
+    }
+
+    #[test]
+    fn f16_kv_attention_rounds_q_k_v_and_probabilities() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (1, 1, 5, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (1, 1, 5, 8), &dev)?;
+        let opts = AttentionOpts {
+            scale: 0.25,
+            softcap: None,
+        };
+        let mask = build_mask(1, 3, 5, MaskKind::Causal, None, None, &dev)?;
+        let got = scaled_dot_product_f16_kv(&q, &k, &v, Some(&mask), opts)?;
+        let r = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        let (kk, vv) = (repeat_kv(&r(&k)?, 2)?, repeat_kv(&r(&v)?, 2)?);
+        let scores = (r(&q)?.matmul(&kk.t()?)? * 0.25)?.broadcast_add(&mask)?;
+        let want = r(&candle_nn::ops::softmax(&scores, D::Minus1)?)?.matmul(&vv)?;
+        let d = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-6, "{d}");
+        // f16 roundings: close to the f32 attention, not equal to it.
+        let plain = scaled_dot_product(&q, &k, &v, Some(&mask), opts)?;
+        let d = (&got - &plain)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d > 0.0 && d < 1e-2, "{d}");
         Ok(())
     }
 
