@@ -8,8 +8,8 @@ pub mod optim;
 pub mod schedule;
 
 pub use loss::{
-    Head, HeadNorm, IGNORE_INDEX, Reduction, causal_lm_loss, cross_entropy,
-    inverse_frequency_weights, label_counts, masked_multi_head_loss,
+    Head, HeadNorm, IGNORE_INDEX, Reduction, causal_lm_loss, causal_lm_loss_on_hidden,
+    cross_entropy, inverse_frequency_weights, label_counts, masked_multi_head_loss,
 };
 pub use optim::{AdamW, AdamWConfig, GradAccumulator, clip_coefficient, clip_grad_norm, grad_norm};
 pub use schedule::{Decay, LrSchedule, warmup_steps_from_ratio};
