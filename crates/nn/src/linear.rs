@@ -219,19 +219,57 @@ impl Linear {
 
     /// `x · Wᵀ + b (+ lora(x))` over the last dimension of `x` (any number of leading dims).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // A plain dense weight (not a variable, not computed from one) can never receive a
+        // gradient: it takes the frozen path, which skips the weight-sized `xᵀ·g` autograd
+        // would compute anyway (for a tied 128k-vocabulary LM head as costly as its forward).
+        let trainable = matches!(&self.base, LinearBase::Dense(w) if w.track_op());
+        let y = match &self.lora {
+            _ if trainable => return self.forward_composed(x),
+            // One graph node for base and adapter (see `Lora::forward_with_base`).
+            Some(lora) if lora.dtype() == x.dtype() => lora.forward_with_base(x, &self.base)?,
+            Some(_) => return self.forward_composed(x),
+            None => {
+                let rows = x.elem_count() / self.in_dim.max(1);
+                let x2 = x.contiguous()?.reshape((rows, self.in_dim))?;
+                match self.q8_0_value(&x2, rows)? {
+                    Some(y) => {
+                        let mut out_dims = x.dims().to_vec();
+                        *out_dims.last_mut().expect("x has at least one dimension") =
+                            self.out_dim;
+                        y.reshape(out_dims)?
+                    }
+                    None => frozen::linear(x, &self.base)?,
+                }
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// `x2 (rows, in) · Wᵀ` through the llama.cpp-equivalent Q8_0 kernel, where it applies
+    /// (a CPU Q8_0 base, decode-sized or gradient-free inputs); `None` elsewhere.
+    fn q8_0_value(&self, x2: &Tensor, rows: usize) -> Result<Option<Tensor>> {
+        match &self.q8_0 {
+            Some(m) if x2.device().is_cpu() && frozen::q8_0_kernel_applies(x2, rows) => {
+                Ok(Some(frozen::q8_0(x2, m)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The same from candle ops: a trainable dense weight, or an adapter in another dtype.
+    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.contiguous()?.reshape((rows, self.in_dim))?;
         // One 2-D matmul is much faster than a broadcast batched matmul on CPU and CUDA.
         let y = match &self.base {
-            LinearBase::Dense(w) => x2.matmul(&w.t()?)?,
-            LinearBase::Frozen(w) => frozen::dense(&x2, w)?,
-            LinearBase::Nf4(q) => frozen::nf4(&x2, q)?,
-            LinearBase::Quantized(q) => match &self.q8_0 {
-                Some(m) if x2.device().is_cpu() && frozen::q8_0_kernel_applies(&x2, rows) => {
-                    frozen::q8_0(&x2, m)?
-                }
-                _ => frozen::ggml(&x2, q)?,
+            LinearBase::Dense(w) if w.track_op() => x2.matmul(&w.t()?)?,
+            base => match self.q8_0_value(&x2, rows)? {
+                Some(y) => y,
+                None => frozen::linear(&x2, base)?,
             },
         };
         let y = match &self.bias {

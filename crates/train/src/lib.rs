@@ -13,8 +13,8 @@ pub mod schedule;
 pub mod trainer;
 
 pub use loss::{
-    Head, HeadNorm, IGNORE_INDEX, Reduction, causal_lm_loss, cross_entropy,
-    inverse_frequency_weights, label_counts, masked_multi_head_loss,
+    Head, HeadNorm, IGNORE_INDEX, Reduction, causal_lm_loss, causal_lm_loss_on_hidden,
+    cross_entropy, inverse_frequency_weights, label_counts, masked_multi_head_loss,
 };
 pub use optim::{AdamW, AdamWConfig, GradAccumulator, clip_coefficient, clip_grad_norm, grad_norm};
 pub use sampler::{EpochSampler, SamplerState};

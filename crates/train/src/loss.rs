@@ -243,6 +243,40 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     cross_entropy(logits, &targets, None, Reduction::Mean)
 }
 
+/// [`causal_lm_loss`] from hidden states `(batch, len, hidden)`: only the positions with a
+/// kept next-token target go through `head` (the LM head), so prompt and padding positions
+/// never get vocabulary-sized logits (for a 128k vocabulary that is the largest matmul of a
+/// small model, forward and backward). Same value and gradients as the full-logits loss.
+pub fn causal_lm_loss_on_hidden(
+    hidden: &Tensor,
+    labels: &[i64],
+    head: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, l, h) = hidden.dims3()?;
+    let targets = shift_labels(labels, b, l)?;
+    let (rows, kept): (Vec<u32>, Vec<i64>) = targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t >= 0)
+        .map(|(i, &t)| (i as u32, t))
+        .unzip();
+    if rows.is_empty() {
+        // As `cross_entropy` with nothing kept: 0 without gradients.
+        return Tensor::zeros((), DType::F32, hidden.device());
+    }
+    let flat = hidden.reshape((b * l, h))?;
+    // A contiguous run (completion-only training) is a narrow, which copies nothing.
+    let first = rows[0] as usize;
+    let picked = if rows.len() == rows[rows.len() - 1] as usize - first + 1 {
+        flat.narrow(0, first, rows.len())?
+    } else {
+        let n = rows.len();
+        flat.index_select(&Tensor::from_vec(rows, n, hidden.device())?, 0)?
+    };
+    let logits = head(&picked)?;
+    cross_entropy(&logits, &kept, None, Reduction::Mean)
+}
+
 /// The fused per-row weighted cross-entropy on CPU.
 struct FusedCe {
     targets: Arc<Vec<u32>>,

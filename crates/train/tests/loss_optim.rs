@@ -298,3 +298,36 @@ fn accumulated_halves_equal_the_full_batch() -> Result<()> {
     assert_eq!(acc.micro_steps(), 0);
     Ok(())
 }
+
+/// The loss from hidden states (LM head on kept positions only) equals the full-logits loss,
+/// with the same gradients for the hidden states and the head, for a contiguous completion
+/// (narrow) and for scattered targets across rows (index_select).
+#[test]
+fn causal_lm_loss_on_hidden_equals_full_logits() -> Result<()> {
+    let hidden = Var::from_tensor(&randn(&[2, 5, 4], 1.0, DType::F64))?;
+    let head = Var::from_tensor(&randn(&[9, 4], 0.5, DType::F64))?;
+    let logits = |h: &Tensor| h.broadcast_matmul(&head.as_tensor().t()?);
+    for labels in [
+        vec![-100i64, -100, -100, 3, 8, -100, -100, -100, -100, -100],
+        vec![-100, 1, -100, 3, 8, 2, -100, 7, 0, -100],
+    ] {
+        let full = causal_lm_loss(&logits(hidden.as_tensor())?, &labels)?;
+        let part =
+            clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &labels, logits)?;
+        assert!((scalar(&full) - scalar(&part)).abs() < 1e-12);
+        let (gf, gp) = (full.backward()?, part.backward()?);
+        for v in [&hidden, &head] {
+            let (a, b) = (values(gf.get(v).unwrap()), values(gp.get(v).unwrap()));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-12, "gradient differs by {worst}");
+        }
+    }
+    let none =
+        clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &[-100; 10], logits)?;
+    assert_eq!(scalar(&none), 0.0);
+    Ok(())
+}
