@@ -234,8 +234,7 @@ impl Linear {
                 match self.q8_0_value(&x2, rows)? {
                     Some(y) => {
                         let mut out_dims = x.dims().to_vec();
-                        *out_dims.last_mut().expect("x has at least one dimension") =
-                            self.out_dim;
+                        *out_dims.last_mut().expect("x has at least one dimension") = self.out_dim;
                         y.reshape(out_dims)?
                     }
                     None => frozen::linear(x, &self.base)?,

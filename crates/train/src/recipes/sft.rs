@@ -18,7 +18,7 @@ use clinstruct_models::{AnyCausalLm, ChatMessage, Tokenizer};
 use clinstruct_nn::dropout;
 use clinstruct_nn::lora::{LinearPlan, PeftMeta};
 
-use crate::loss::{IGNORE_INDEX, causal_lm_loss, completion_labels, shift_labels};
+use crate::loss::{IGNORE_INDEX, causal_lm_loss_on_hidden, completion_labels, shift_labels};
 use crate::trainer::{BatchLoss, Recipe};
 
 /// How a prompt/completion row becomes tokens.
@@ -287,13 +287,15 @@ impl SftRecipe {
 
     fn batch_loss(&self, examples: &[&SftExample]) -> Result<(Tensor, SftBatch)> {
         let batch = collate(examples, self.pad_id, &self.device)?;
-        let logits = self.model.as_decoder().forward(
+        let lm = self.model.as_decoder();
+        let hidden = lm.hidden_states(
             &batch.input_ids,
             batch.attention_mask.as_ref(),
             &batch.position_ids,
             None,
         )?;
-        let loss = causal_lm_loss(&logits, &batch.labels)?;
+        // Vocabulary-sized logits for the completion positions only.
+        let loss = causal_lm_loss_on_hidden(&hidden, &batch.labels, |h| lm.logits(h))?;
         Ok((loss, batch))
     }
 }
