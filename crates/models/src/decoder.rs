@@ -9,7 +9,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 use clinstruct_nn::attention::flash::{self, Span, flash_attention};
 use clinstruct_nn::attention::{
-    AttentionOpts, MaskKind, build_mask, scaled_dot_product, scaled_dot_product_f16_kv,
+    AttentionOpts, MaskKind, build_mask, round_f16, scaled_dot_product, scaled_dot_product_f16_kv,
 };
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
@@ -473,6 +473,12 @@ impl Attention {
         if let Some(f) = q_scale {
             q = q.broadcast_mul(f)?;
         }
+        // llama.cpp's cache holds f16 keys and values: round the new ones as they enter it.
+        let (k, v) = if s.f16_kv {
+            (round_f16(&k)?, round_f16(&v)?)
+        } else {
+            (k, v)
+        };
         let opts = AttentionOpts {
             scale: s.scale,
             softcap: s.softcap,

@@ -394,7 +394,15 @@ impl GgufModel {
             path: self.path.clone(),
             message: crate::decoder::error_message(&e),
         };
-        let cfg = AnyConfig::parse(&self.config).map_err(invalid)?;
+        let mut config = self.config.clone();
+        if hook.is_some()
+            && let Some(o) = config.as_object_mut()
+        {
+            // Adapters train: the plain f32 numerics and memory-efficient attention, not
+            // llama.cpp's f16 rounding (kept for matching its inference).
+            o.insert("ggml_numerics".into(), json!(false));
+        }
+        let cfg = AnyConfig::parse(&config).map_err(invalid)?;
         let mut w = self.weights(dtype, device);
         if let Some(hook) = hook {
             w = w.with_linear_hook(hook);

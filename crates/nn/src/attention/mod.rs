@@ -72,10 +72,17 @@ fn softmax_scores(
     candle_nn::ops::softmax(&scores, D::Minus1)
 }
 
+/// Rounds to the nearest f16 value, kept in f32.
+pub fn round_f16(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F16)?.to_dtype(DType::F32)
+}
+
 /// [`scaled_dot_product`] as llama.cpp's CPU backend computes it with its default f16 KV cache
 /// (no flash attention): queries, keys and values rounded to f16, the softmax in f32, the
 /// probabilities rounded to f16 before they weight the values; products accumulate in f32.
 /// (llama.cpp scales queries before rounding them; for a power-of-two scale that is the same.)
+/// Keys and values are taken as they are: round them ([`round_f16`]) as they enter the cache,
+/// once, rather than the whole cache at every step.
 pub fn scaled_dot_product_f16_kv(
     q: &Tensor,
     k: &Tensor,
@@ -84,12 +91,11 @@ pub fn scaled_dot_product_f16_kv(
     opts: AttentionOpts,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
-    let f16 = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
     let n_rep = q.dim(1)? / k.dim(1)?;
-    let k = f16(&repeat_kv(k, n_rep)?)?;
-    let v = f16(&repeat_kv(v, n_rep)?)?;
-    let probs = softmax_scores(&f16(q)?, &k, mask, opts)?;
-    f16(&probs)?.matmul(&v.contiguous()?)?.to_dtype(dtype)
+    let k = repeat_kv(&k.to_dtype(DType::F32)?, n_rep)?;
+    let v = repeat_kv(&v.to_dtype(DType::F32)?, n_rep)?;
+    let probs = softmax_scores(&round_f16(q)?, &k, mask, opts)?;
+    round_f16(&probs)?.matmul(&v.contiguous()?)?.to_dtype(dtype)
 }
 
 /// Which keys each query may see.
@@ -195,7 +201,8 @@ mod tests {
             softcap: None,
         };
         let mask = build_mask(1, 3, 5, MaskKind::Causal, None, None, &dev)?;
-        let got = scaled_dot_product_f16_kv(&q, &k, &v, Some(&mask), opts)?;
+        let got =
+            scaled_dot_product_f16_kv(&q, &round_f16(&k)?, &round_f16(&v)?, Some(&mask), opts)?;
         let r = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
         let (kk, vv) = (repeat_kv(&r(&k)?, 2)?, repeat_kv(&r(&v)?, 2)?);
         let scores = (r(&q)?.matmul(&kk.t()?)? * 0.25)?.broadcast_add(&mask)?;
