@@ -86,12 +86,22 @@ def token_ids(seq: int):
     return (mix(key("input_ids"), np.arange(seq, dtype=np.uint64)) % np.uint64(VOCAB)).astype(np.int64)
 
 
-def rss_mb() -> float:
+def status_mb(key: str = "VmRSS:") -> float:
+    """VmRSS (current) or VmHWM (peak since start or since reset_peak) in MiB."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def reset_peak() -> None:
+    """VmHWM back to the current RSS (Linux clear_refs); ru_maxrss keeps the process peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -122,7 +132,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rss_import = rss_mb()
+    rss_import = status_mb()
     t0 = time.perf_counter()
     cfg = LlamaConfig(**config(args.layers))
     model = LlamaForCausalLM(cfg).float()
@@ -150,7 +160,8 @@ def run(args) -> dict:
                 p.zero_()
     model.train()
     load_s = time.perf_counter() - t0
-    rss_after_load = rss_mb()
+    rss_after_load = status_mb()
+    reset_peak()
     params = [p for p in model.parameters() if p.requires_grad]
     trainable = sum(p.numel() for p in params)
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
@@ -214,6 +225,7 @@ def run(args) -> dict:
         "rss_after_import_mb": rss_import,
         "rss_after_load_mb": rss_after_load,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_steps_mb": status_mb("VmHWM:"),
         "torch": torch.__version__,
     }
 

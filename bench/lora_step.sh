@@ -70,6 +70,7 @@ def agg(impl, base):
         "bwd": statistics.median(r["bwd_s"] for r in rs),
         "opt": statistics.median(r["opt_s"] for r in rs),
         "peak": statistics.median(r["peak_rss_mb"] for r in rs),
+        "steps_peak": statistics.median(r.get("peak_rss_steps_mb", float("nan")) for r in rs),
         "load": statistics.median(r["rss_after_load_mb"] for r in rs),
         "loss0": rs[0]["losses"][0],
         "n": len(rs),
@@ -77,22 +78,25 @@ def agg(impl, base):
 r0 = rows[0]
 print(f"layers {r0['layers']}, seq {r0['seq']} (loss on last {r0['completion']}), threads {r0['threads']}, "
       f"median over runs of each run's median step (warm-up excluded)")
-hdr = (f"{'ours':6} {'vs pytorch':22} {'ours s':>7} {'torch s':>8} {'time':>6} "
-       f"{'ours MB':>8} {'torch MB':>9} {'mem':>5} {'after load':>11} {'loss0 ours/torch':>18}")
+hdr = (f"{'ours':6} {'vs':18} {'ours s':>7} {'torch s':>8} {'time':>6} {'ours MB':>8} {'torch MB':>9} "
+       f"{'mem':>6} {'steps MB':>13} {'after load MB':>14} {'loss0 ours/torch':>18}")
 print(hdr)
 for base in ["dense", "nf4", "q4k"]:
     o = agg("clinstruct", base)
     if o is None:
         continue
-    peers = [("pytorch+peft", "nf4" if base == "nf4" else "dense"), ("pytorch+peft/logits_to_keep", "dense")]
+    peers = [("pytorch+peft", "nf4" if base == "nf4" else "dense")]
+    if base == "dense":
+        peers.append(("pytorch+peft/logits_to_keep", "dense"))
     for impl, pb in peers:
         t = agg(impl, pb)
         if t is None:
             continue
-        name = f"{impl.replace('pytorch+peft', 'torch')} {pb}"
-        print(f"{base:6} {name:22} {o['step']:7.2f} {t['step']:8.2f} {o['step'] / t['step']:5.2f}x "
-              f"{o['peak']:8.0f} {t['peak']:9.0f} {o['peak'] / t['peak']:4.2f}x "
-              f"{o['load']:5.0f}/{t['load']:5.0f} {o['loss0']:8.4f}/{t['loss0']:8.4f}")
+        name = ("torch " if impl == "pytorch+peft" else "torch ltk ") + pb
+        print(f"{base:6} {name:18} {o['step']:7.2f} {t['step']:8.2f} {o['step'] / t['step']:5.2f}x "
+              f"{o['peak']:8.0f} {t['peak']:9.0f} {o['peak'] / t['peak']:5.2f}x "
+              f"{o['steps_peak']:6.0f}/{t['steps_peak']:6.0f} {o['load']:6.0f}/{t['load']:6.0f} "
+              f"{o['loss0']:8.4f}/{t['loss0']:8.4f}")
 print("phases (s, fwd/bwd/clip+adamw):")
 for impl in sorted({r["impl"] for r in rows}):
     for base in ["dense", "nf4", "q4k"]:

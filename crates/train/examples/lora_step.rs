@@ -12,7 +12,8 @@
 //!     [--threads 2] [--dropout 0]
 //!
 //! Prints one JSON line: median step time without the warm-up step (and of its phases), peak
-//! RSS (getrusage `ru_maxrss`), RSS after loading, and the loss of every step.
+//! RSS of the process (getrusage `ru_maxrss`) and of the steps alone (`VmHWM` reset after
+//! loading), RSS after loading, and the loss of every step.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,15 +166,22 @@ fn rusage() -> (f64, f64) {
     (f64::NAN, f64::NAN)
 }
 
-/// Current RSS in MiB (`VmRSS`).
-fn rss_mb() -> f64 {
+/// A `/proc/self/status` size in MiB: `VmRSS` (current) or `VmHWM` (peak since start or
+/// since [`reset_peak`]).
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Resets `VmHWM` to the current RSS (Linux `clear_refs`), so the peak of the steps alone can be
+/// read; `ru_maxrss` keeps the peak of the whole process.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -219,7 +227,8 @@ fn main() -> Result<()> {
         // The dense originals of quantised layers are dropped here.
     };
     let load_s = t0.elapsed().as_secs_f64();
-    let rss_after_load = rss_mb();
+    let rss_after_load = status_mb("VmRSS:");
+    reset_peak();
 
     let vars = plan.trainable_vars();
     // Both sides start from the same adapters: A from the hash with PEFT's bound
@@ -307,6 +316,7 @@ fn main() -> Result<()> {
         "load_s": load_s,
         "rss_after_load_mb": rss_after_load,
         "peak_rss_mb": rusage().0,
+        "peak_rss_steps_mb": status_mb("VmHWM:"),
     });
     println!("{out}");
     Ok(())
