@@ -23,6 +23,8 @@ struct Args {
     steps: usize,
     layers: usize,
     checkpointing: bool,
+    /// `keep_freed_memory` (off with --no-alloc-tune, for A/B runs).
+    alloc_tune: bool,
 }
 
 fn args() -> Args {
@@ -31,6 +33,7 @@ fn args() -> Args {
         steps: 5,
         layers: 2,
         checkpointing: false,
+        alloc_tune: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -44,6 +47,7 @@ fn args() -> Args {
             "--steps" => a.steps = num(),
             "--layers" => a.layers = num(),
             "--checkpointing" => a.checkpointing = true,
+            "--no-alloc-tune" => a.alloc_tune = false,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -66,6 +70,9 @@ const VOCAB: usize = 1000;
 
 fn main() -> Result<()> {
     let a = args();
+    if a.alloc_tune {
+        clinstruct_models::runtime::keep_freed_memory();
+    }
     let dev = Device::Cpu;
     let cfg = Config::from_json(&serde_json::json!({
         "model_type": "modernbert",

@@ -92,7 +92,7 @@ fn main() -> Result<()> {
     let iters: usize = arg("--iters", "3").parse().expect("--iters");
     let tuned = !std::env::args().any(|a| a == "--no-alloc-tune");
     if tuned {
-        clinstruct_train::alloc::keep_freed_memory();
+        clinstruct_models::runtime::keep_freed_memory();
     }
     let t0 = Instant::now();
     let mut layers = Vec::new();

@@ -204,7 +204,7 @@ fn main() -> Result<()> {
     // Before rayon or candle read it: the gemm and every parallel loop use this many threads.
     // SAFETY: no other thread exists yet.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    clinstruct_train::alloc::keep_freed_memory();
+    clinstruct_models::runtime::keep_freed_memory();
     assert!(completion < seq, "--completion must be below --seq");
 
     let mode = match base.as_str() {

@@ -3,7 +3,6 @@
 //! resume, and the task recipes. Model-side pieces (frozen and quantised bases, LoRA adapters,
 //! PEFT files) live in `clinstruct_nn`.
 
-pub mod alloc;
 pub mod curve;
 pub mod loss;
 pub mod optim;

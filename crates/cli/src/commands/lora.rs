@@ -203,6 +203,8 @@ fn describe(stats: &SftStats) -> String {
 
 fn run_train(a: TrainArgs) -> Result<()> {
     check_args(&a)?;
+    // Each step reuses the previous step's buffers instead of faulting fresh pages in.
+    clinstruct_models::runtime::keep_freed_memory();
     let device = Device::Cpu;
     let is_gguf = Path::new(&a.model).extension().is_some_and(|e| e == "gguf");
     let base = match a.quantize {
