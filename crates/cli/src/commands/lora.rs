@@ -23,7 +23,7 @@ use clinstruct_train::{
 };
 use serde_json::json;
 
-use super::load::{LoadedLm, load_lm};
+use super::load::{LmSource, LoadedLm, load_lm, resolve_source};
 
 #[derive(Subcommand)]
 pub enum LoraCommand {
@@ -206,16 +206,17 @@ fn run_train(a: TrainArgs) -> Result<()> {
     // Each step reuses the previous step's buffers instead of faulting fresh pages in.
     clinstruct_models::runtime::keep_freed_memory();
     let device = Device::Cpu;
-    let is_gguf = Path::new(&a.model).extension().is_some_and(|e| e == "gguf");
     let base = match a.quantize {
         Quantize::None => BaseMode::Freeze,
-        Quantize::Nf4 if is_gguf => {
-            bail!(
-                "--quantize nf4: {} is already quantized (GGUF); LoRA trains on its quantized weights directly",
-                a.model
-            )
+        Quantize::Nf4 => {
+            if let LmSource::Gguf(path) = resolve_source(&a.model)? {
+                bail!(
+                    "--quantize nf4: {} is already quantized (GGUF); LoRA trains on its quantized weights directly",
+                    path.display()
+                );
+            }
+            BaseMode::Nf4(Nf4Config::default())
         }
-        Quantize::Nf4 => BaseMode::Nf4(Nf4Config::default()),
     };
     let mut lora = LoraConfig::new(a.rank, a.alpha, Targets::parse(&a.target_modules));
     lora.dropout = a.dropout;
@@ -363,7 +364,7 @@ const MODEL_FILES: [&str; 7] = [
 fn run_merge(a: MergeArgs) -> Result<()> {
     let adapter = PeftAdapter::load(&a.adapter)
         .with_context(|| format!("{}: adapter", a.adapter.display()))?;
-    let ckpt = match load_source(&a.model)? {
+    let ckpt = match resolve_source(&a.model)? {
         LmSource::Safetensors(c) => c,
         LmSource::Gguf(p) => bail!(
             "{}: merging needs a safetensors base (a GGUF base keeps its quantized weights; \
@@ -417,24 +418,4 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         a.output.display()
     );
     Ok(())
-}
-
-/// Where a base model's weights are.
-enum LmSource {
-    /// Safetensors shards (what merging rewrites).
-    Safetensors(clinstruct_models::Checkpoint),
-    Gguf(PathBuf),
-}
-
-/// Where `spec`'s weights are, without loading them.
-fn load_source(spec: &str) -> Result<LmSource> {
-    let path = Path::new(spec);
-    if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        return Ok(LmSource::Gguf(path.to_path_buf()));
-    }
-    let ckpt = clinstruct_models::Checkpoint::resolve(spec)?;
-    Ok(match (&ckpt.gguf, ckpt.safetensors.is_empty()) {
-        (Some(g), true) => LmSource::Gguf(g.clone()),
-        _ => LmSource::Safetensors(ckpt),
-    })
 }
