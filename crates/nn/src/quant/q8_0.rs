@@ -28,7 +28,7 @@ const ROW_TILE: usize = 4;
 /// Below this many multiply-adds a product is not split across threads: a fork-join costs
 /// tens of microseconds (more on a busy machine). Decode projections of Gemma-3-270M (640 x
 /// 1024 and up) are split, q/k/v of one token are not; A/B runs of `bench/decode_gguf.sh` at 2
-/// threads gave 0.82x llama.cpp (median of 4) with 2^19 against 0.76x with 2^22 and 0.80x with
+/// threads gave 0.82x llama.cpp (median of 5) with 2^19 against 0.76x with 2^22 and 0.80x with
 /// 2^17.
 const PARALLEL_MIN_MACS: usize = 1 << 19;
 
