@@ -26,8 +26,8 @@ const BLOCK_BYTES: usize = 34;
 /// Weight rows a kernel call handles together (one activation load serves them all).
 const ROW_TILE: usize = 4;
 /// Below this many multiply-adds a product is not split across threads: a fork-join costs
-/// tens of microseconds (more on a busy machine). Decode projections of Gemma-3-270M (640 x
-/// 1024 and up) are split, q/k/v of one token are not; A/B runs of `bench/decode_gguf.sh` at 2
+/// tens of microseconds (more on a busy machine). Gemma-3-270M's decode projections of 640 x
+/// 1024 and up (q, o, MLP) are split, one token's k and v (640 x 256) are not; A/B runs of `bench/decode_gguf.sh` at 2
 /// threads gave 0.82x llama.cpp (median of 5) with 2^19 against 0.76x with 2^22 and 0.80x with
 /// 2^17.
 const PARALLEL_MIN_MACS: usize = 1 << 19;
