@@ -11,6 +11,8 @@ use clinstruct_nn::attention::flash::{self, Span, flash_attention};
 use clinstruct_nn::attention::{
     AttentionOpts, MaskKind, build_mask, round_f16, scaled_dot_product, scaled_dot_product_f16_kv,
 };
+use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
+use clinstruct_nn::dropout::{self, next_seed};
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::{RopeScaling, apply_rotary};
@@ -672,6 +674,25 @@ pub(crate) fn layer_caches(
             }
             Ok(c.layers.iter_mut().map(Some).collect())
         }
+    }
+}
+
+/// Runs one decoder layer. It gets its own dropout scope when the caller runs in one (LoRA
+/// dropout, so that a resumed or recomputed run draws the same masks), and it is recomputed in
+/// the backward pass when `checkpointing` collects the layers' gradients. Cached steps are
+/// inference and never checkpointed. `block` builds the owned, replayable form of the layer
+/// (only needed when checkpointing); `forward` runs it directly.
+pub(crate) fn run_layer(
+    x: &Tensor,
+    checkpointing: Option<&Gradients>,
+    kv: Option<&mut KvCache>,
+    block: impl FnOnce() -> Block,
+    forward: impl FnOnce(&Tensor, Option<&mut KvCache>) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let seed = dropout::nested_seed();
+    match (checkpointing, kv) {
+        (Some(grads), None) => checkpoint_seeded(x, grads, block(), seed.unwrap_or_else(next_seed)),
+        (_, kv) => dropout::maybe_scoped(seed, || forward(x, kv)),
     }
 }
 

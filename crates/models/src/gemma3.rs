@@ -16,8 +16,7 @@ use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
 use clinstruct_nn::Weights;
-use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
-use clinstruct_nn::dropout::next_seed;
+use clinstruct_nn::checkpoint::{Block, Gradients};
 use clinstruct_nn::kv_cache::KvCache;
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::RotaryEmbedding;
@@ -26,7 +25,7 @@ use serde_json::Value;
 
 use crate::decoder::{
     Activation, Attention, AttentionSpec, DecoderLm, Embedding, LmHead, Masks, Mlp, RopeParams,
-    TokenIds, check_inputs, impl_causal_lm, layer_caches, parse_config,
+    TokenIds, check_inputs, impl_causal_lm, layer_caches, parse_config, run_layer,
 };
 use crate::lm::{LmCache, LmInfo};
 
@@ -501,20 +500,13 @@ impl DecoderLm for Gemma3 {
             .zip(layer_caches(cache, self.layers.len())?)
         {
             let rope = if layer.sliding { &local } else { &global };
-            // Per-layer dropout scopes (LoRA dropout), replayed by checkpointed layers.
-            let seed = clinstruct_nn::dropout::nested_seed();
-            x = match (&self.checkpointing, kv) {
-                // Cached steps are inference: nothing to recompute.
-                (Some(grads), None) => {
-                    let (layer, rope, masks) = (layer.clone(), rope.clone(), masks.clone());
-                    let block: Block =
-                        Arc::new(move |x: &Tensor| layer.forward(x, &rope, &masks, None));
-                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
-                }
-                (_, kv) => clinstruct_nn::dropout::maybe_scoped(seed, || {
-                    layer.forward(&x, rope, &masks, kv)
-                })?,
+            let block = || -> Block {
+                let (layer, rope, masks) = (layer.clone(), rope.clone(), masks.clone());
+                Arc::new(move |x: &Tensor| layer.forward(x, &rope, &masks, None))
             };
+            x = run_layer(&x, self.checkpointing.as_ref(), kv, block, |x, kv| {
+                layer.forward(x, rope, &masks, kv)
+            })?;
         }
         self.norm.forward(&x)
     }

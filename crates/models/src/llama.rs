@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 use clinstruct_nn::Weights;
-use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
-use clinstruct_nn::dropout::next_seed;
+use clinstruct_nn::checkpoint::{Block, Gradients};
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::{RopeScaling, RotaryEmbedding};
 use serde::Deserialize;
@@ -18,7 +17,7 @@ use serde_json::Value;
 
 use crate::decoder::{
     Activation, Attention, AttentionSpec, DecoderLm, Embedding, LmHead, Masks, Mlp, RopeParams,
-    TokenIds, check_inputs, impl_causal_lm, layer_caches,
+    TokenIds, check_inputs, impl_causal_lm, layer_caches, run_layer,
 };
 use crate::lm::{LmCache, LmInfo};
 
@@ -341,22 +340,14 @@ impl DecoderLm for Llama {
             .iter()
             .zip(layer_caches(cache, self.layers.len())?)
         {
-            // Per-layer dropout scopes (LoRA dropout), replayed by checkpointed layers.
-            let seed = clinstruct_nn::dropout::nested_seed();
-            x = match (&self.checkpointing, kv) {
-                // Cached steps are inference: nothing to recompute.
-                (Some(grads), None) => {
-                    let (layer, rope, q_scale, masks) =
-                        (layer.clone(), rope.clone(), q_scale.clone(), masks.clone());
-                    let block: Block = Arc::new(move |x: &Tensor| {
-                        layer.forward(x, &rope, q_scale.as_ref(), &masks, None)
-                    });
-                    checkpoint_seeded(&x, grads, block, seed.unwrap_or_else(next_seed))?
-                }
-                (_, kv) => clinstruct_nn::dropout::maybe_scoped(seed, || {
-                    layer.forward(&x, &rope, q_scale.as_ref(), &masks, kv)
-                })?,
+            let block = || -> Block {
+                let (layer, rope, q_scale, masks) =
+                    (layer.clone(), rope.clone(), q_scale.clone(), masks.clone());
+                Arc::new(move |x: &Tensor| layer.forward(x, &rope, q_scale.as_ref(), &masks, None))
             };
+            x = run_layer(&x, self.checkpointing.as_ref(), kv, block, |x, kv| {
+                layer.forward(x, &rope, q_scale.as_ref(), &masks, kv)
+            })?;
         }
         self.norm.forward(&x)
     }
