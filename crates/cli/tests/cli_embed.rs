@@ -3,25 +3,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+
+mod common;
+
+use common::{max_diff, run, stderr};
 
 fn fixture(case: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../models/tests/fixtures/modernbert")
         .join(case)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clinstruct"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
 }
 
 fn ok(args: &[&str]) -> Output {
@@ -38,19 +31,6 @@ fn metadata(path: &Path) -> HashMap<String, String> {
     let bytes = std::fs::read(path).unwrap();
     let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     m.metadata().clone().unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Per row of a fixture's io file: its length and expected `(len, hidden)` states.

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use serde_json::{Value, json};
 
-use common::{bin, run, stderr, stdout, tiny_model};
+use common::{bin, max_diff, run, stderr, stdout, tiny_model};
 
 const SECRET: &str = "Jane Roe";
 
@@ -269,18 +269,7 @@ fn train_resume_and_merge() {
     let lb = &adapter[&format!("base_model.model.{key}.lora_B.weight")];
     let expect =
         (&base[&format!("{key}.weight")] + (lb.matmul(la).unwrap() * 2.0).unwrap()).unwrap();
-    let diff = (&out[&format!("{key}.weight")] - expect)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_diff(&out[&format!("{key}.weight")], &expect);
     assert!(diff < 1e-6, "merged weight off by {diff}");
     let untouched = (&out["model.norm.weight"] - &base["model.norm.weight"])
         .unwrap()
