@@ -282,8 +282,8 @@ impl DecoderLm for AnyCausalLm {
             .hidden_states(input_ids, attention_mask, position_ids, cache)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.as_decoder().logits(hidden)
+    fn lm_head(&self) -> &crate::decoder::LmHead {
+        self.as_decoder().lm_head()
     }
 }
 

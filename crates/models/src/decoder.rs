@@ -14,6 +14,7 @@ use clinstruct_nn::attention::{
 use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
 use clinstruct_nn::dropout::{self, next_seed};
 use clinstruct_nn::kv_cache::KvCache;
+use clinstruct_nn::linear_ce::{VocabHead, linear_cross_entropy};
 use clinstruct_nn::norm::RmsNorm;
 use clinstruct_nn::rope::{RopeScaling, apply_rotary};
 use clinstruct_nn::{Linear, Weights};
@@ -550,6 +551,29 @@ impl LmHead {
     }
 }
 
+impl VocabHead for LmHead {
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x)
+    }
+
+    /// The fused LM-head loss on CPU for a frozen head (dense, or quantized and dequantised
+    /// for the call); a trainable or adapted head takes the logits path.
+    fn fused_cross_entropy(
+        &self,
+        x: &Tensor,
+        targets: &[u32],
+        row_weights: &[f32],
+    ) -> Result<Option<Tensor>> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() != 2 {
+            return Ok(None);
+        }
+        let Some(w) = self.linear.frozen_f32_weight()? else {
+            return Ok(None);
+        };
+        linear_cross_entropy(x, &w, targets, row_weights, self.softcap).map(Some)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // One forward step: input checks and masks
 
@@ -712,8 +736,13 @@ pub trait DecoderLm: CausalLm {
         cache: Option<&mut LmCache>,
     ) -> Result<Tensor>;
 
+    /// The output layer (also what a training loss fuses with its cross-entropy).
+    fn lm_head(&self) -> &LmHead;
+
     /// Logits for hidden states of any leading shape (with final soft-capping where configured).
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor>;
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head().forward(hidden)
+    }
 }
 
 /// Implements `CausalLm` for a model with `hidden_states`, `logits` and an `info` field.

@@ -511,8 +511,8 @@ impl DecoderLm for Gemma3 {
         self.norm.forward(&x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+    fn lm_head(&self) -> &LmHead {
+        &self.lm_head
     }
 }
 

@@ -352,8 +352,8 @@ impl DecoderLm for Llama {
         self.norm.forward(&x)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.lm_head.forward(hidden)
+    fn lm_head(&self) -> &LmHead {
+        &self.lm_head
     }
 }
 

@@ -132,8 +132,8 @@ impl DecoderLm for Mistral {
             .hidden_states(input_ids, attention_mask, position_ids, cache)
     }
 
-    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.model.logits(hidden)
+    fn lm_head(&self) -> &crate::decoder::LmHead {
+        self.model.lm_head()
     }
 }
 

@@ -190,7 +190,10 @@ pub fn base_input_grad(g: &Tensor, base: &LinearBase) -> Result<Tensor> {
             Some(dx) => Ok(dx),
             None => g.matmul(&q.dequantize()?.to_dtype(g.dtype())?),
         },
-        LinearBase::Quantized(q) => g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?),
+        LinearBase::Quantized(q) => match ggml_cpu(g, q, Nf4Product::GW)? {
+            Some(dx) => Ok(dx),
+            None => g.matmul(&q.dequantize(g.device())?.to_dtype(g.dtype())?),
+        },
     }
 }
 
@@ -292,97 +295,201 @@ enum Nf4Product {
     GW,
 }
 
-/// Weight rows per tile: about 2 MB of f32, so the tile stays in cache between dequantisation
-/// and gemm.
-fn tile_rows(cols: usize, rows: usize) -> usize {
-    ((1usize << 19) / cols.max(1)).max(16).min(rows.max(1))
+/// Weight rows per tile. Each tile is one gemm whose weight-side dimension is the tile's rows,
+/// and gemm needs about a thousand of them to run at speed (256 rows × 2048 at 2 threads, one
+/// tile of N rows: N = 64 47 GFLOP/s, 256 105, 1024 206, 8192 242; `examples/gemm_shapes.rs`);
+/// 2 MB tiles (256 rows of 2048, 64 of 8192) made the NF4 step's forward 1.4–1.7 s against
+/// 1.1 s dense. 1024 rows is 8 MB of f32 for a 2048-wide weight, 32 MB for 8192: a large
+/// cache's worth, dequantised and used right away.
+fn tile_rows(rows: usize) -> usize {
+    1024.min(rows.max(1))
 }
 
 thread_local! {
     static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The tiled CPU f32 product, `None` when the operands are not CPU f32.
+/// The tiled CPU f32 product over an NF4 weight, `None` when the operands are not CPU f32.
 fn nf4_cpu(a: &Tensor, w: &Nf4Tensor, product: Nf4Product) -> Result<Option<Tensor>> {
     if !a.device().is_cpu() || a.dtype() != DType::F32 || !w.device().is_cpu() {
         return Ok(None);
     }
     let (out_dim, in_dim) = w.shape().dims2()?;
-    let (rows, k_a) = a.dims2()?;
-    let (k_want, n_out) = match product {
-        Nf4Product::XWt => (in_dim, out_dim),
-        Nf4Product::GW => (out_dim, in_dim),
-    };
-    if k_a != k_want {
-        candle_core::bail!("nf4 linear: operand has {k_a} columns, expected {k_want}");
-    }
-    let a = a.detach().contiguous()?;
     let bs = w.block_size();
-    let run = |a: &[f32], packed: &[u8], absmax: &[f32]| -> Vec<f32> {
-        let mut out: Vec<f32> = Vec::with_capacity(rows * n_out);
-        let dst = out.spare_capacity_mut().as_mut_ptr() as *mut f32;
-        let tile = tile_rows(in_dim, out_dim);
-        let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
-        let with_buf = |buf: &mut Vec<f32>| {
-            buf.resize(tile * in_dim, 0.0);
-            for (t, r0) in (0..out_dim).step_by(tile).enumerate() {
-                let r = tile.min(out_dim - r0);
-                let wt = &mut buf[..r * in_dim];
-                crate::quant::nf4::dequantize_range_cpu(packed, absmax, bs, r0 * in_dim, wt);
-                // SAFETY: every pointer stays inside its buffer for the given sizes and
-                // strides (`a` is rows × k, the tile r × in, `out` rows × n_out); the first
-                // write of each output element does not read it (`read_dst` false).
-                unsafe {
-                    match product {
-                        // Column-major, see `xwt_colmajor`: tile rows r0.. of `(x·Wᵀ)ᵀ`.
-                        Nf4Product::XWt => {
-                            xwt_colmajor(a, rows, in_dim, wt.as_ptr(), r, dst.add(r0 * rows))
-                        }
-                        Nf4Product::GW => gemm::gemm(
-                            rows,
-                            in_dim,
-                            r,
-                            dst,
-                            1,
-                            in_dim as isize,
-                            t > 0,
-                            a.as_ptr().add(r0),
-                            1,
-                            out_dim as isize,
-                            wt.as_ptr(),
-                            1,
-                            in_dim as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            threads,
-                        ),
-                    }
-                }
-            }
-        };
-        // A nested call on the same thread (a forward inside a rayon task) gets its own buffer.
-        TILE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => with_buf(&mut buf),
-            Err(_) => with_buf(&mut Vec::new()),
-        });
-        // SAFETY: the tiles cover every output column (XWt) or the first tile wrote every
-        // output element (GW), so all `rows · n_out` values are initialised.
-        unsafe { out.set_len(rows * n_out) };
-        match product {
-            Nf4Product::XWt => transpose(&out, n_out, rows),
-            Nf4Product::GW => out,
-        }
-    };
-    let out = cpu::with_slice::<f32, _>(&a, |a| {
-        w.with_cpu_parts(|packed, absmax| run(a, packed, absmax))
+    let a = a.detach().contiguous()?;
+    cpu::with_slice::<f32, _>(&a, |a| {
+        w.with_cpu_parts(|packed, absmax| {
+            tiled_product(a, (out_dim, in_dim), product, |r0, tile| {
+                crate::quant::nf4::dequantize_range_cpu(packed, absmax, bs, r0 * in_dim, tile)
+            })
+        })
     })?
     .transpose()?
-    .flatten();
-    out.map(|v| Tensor::from_vec(v, (rows, n_out), &Device::Cpu))
-        .transpose()
+    .flatten()
+    .transpose()
+}
+
+/// The tiled CPU f32 product over a ggml block-quantized weight (rows of whole blocks, a
+/// type [`ggml_rows`] knows), `None` elsewhere. candle's `dequantize` writes the whole weight
+/// on one thread; here tiles are dequantised on all threads and used while in cache.
+fn ggml_cpu(a: &Tensor, w: &QTensor, product: Nf4Product) -> Result<Option<Tensor>> {
+    if !a.device().is_cpu() || a.dtype() != DType::F32 || !w.device().is_cpu() {
+        return Ok(None);
+    }
+    let (out_dim, in_dim) = w.shape().dims2()?;
+    if !in_dim.is_multiple_of(w.dtype().block_size()) || !ggml_rows_supported(w.dtype()) {
+        return Ok(None);
+    }
+    let data = w.data()?;
+    let dtype = w.dtype();
+    let a = a.detach().contiguous()?;
+    cpu::with_slice::<f32, _>(&a, |a| {
+        tiled_product(a, (out_dim, in_dim), product, |r0, tile| {
+            ggml_rows(dtype, &data, in_dim, r0, tile)
+        })
+    })?
+    .transpose()
+}
+
+/// `a · Wᵀ` (XWt) or `a · W` (GW) for a weight `(out_dim, in_dim)` that `dequantize(r0,
+/// tile)` writes [`tile_rows`] rows at a time (`tile` holds whole rows from row `r0`).
+fn tiled_product(
+    a: &[f32],
+    (out_dim, in_dim): (usize, usize),
+    product: Nf4Product,
+    dequantize: impl Fn(usize, &mut [f32]),
+) -> Result<Tensor> {
+    let k_want = match product {
+        Nf4Product::XWt => in_dim,
+        Nf4Product::GW => out_dim,
+    };
+    let n_out = match product {
+        Nf4Product::XWt => out_dim,
+        Nf4Product::GW => in_dim,
+    };
+    if k_want == 0 || !a.len().is_multiple_of(k_want) {
+        candle_core::bail!(
+            "quantized linear: operand of {} values does not have {k_want} columns",
+            a.len()
+        );
+    }
+    let rows = a.len() / k_want;
+    let mut out: Vec<f32> = Vec::with_capacity(rows * n_out);
+    let dst = out.spare_capacity_mut().as_mut_ptr() as *mut f32;
+    let tile = tile_rows(out_dim);
+    let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
+    let with_buf = |buf: &mut Vec<f32>| {
+        buf.resize(tile * in_dim, 0.0);
+        for (t, r0) in (0..out_dim).step_by(tile).enumerate() {
+            let r = tile.min(out_dim - r0);
+            let wt = &mut buf[..r * in_dim];
+            dequantize(r0, wt);
+            // SAFETY: every pointer stays inside its buffer for the given sizes and strides
+            // (`a` is rows × k, the tile r × in, `out` rows × n_out); the first write of each
+            // output element does not read it (`read_dst` false).
+            unsafe {
+                match product {
+                    // Column-major, see `xwt_colmajor`: tile rows r0.. of `(x·Wᵀ)ᵀ`.
+                    Nf4Product::XWt => {
+                        xwt_colmajor(a, rows, in_dim, wt.as_ptr(), r, dst.add(r0 * rows))
+                    }
+                    Nf4Product::GW => gemm::gemm(
+                        rows,
+                        in_dim,
+                        r,
+                        dst,
+                        1,
+                        in_dim as isize,
+                        t > 0,
+                        a.as_ptr().add(r0),
+                        1,
+                        out_dim as isize,
+                        wt.as_ptr(),
+                        1,
+                        in_dim as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        threads,
+                    ),
+                }
+            }
+        }
+    };
+    // A nested call on the same thread (a forward inside a rayon task) gets its own buffer.
+    TILE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => with_buf(&mut buf),
+        Err(_) => with_buf(&mut Vec::new()),
+    });
+    // SAFETY: the tiles cover every output column (XWt) or the first tile wrote every output
+    // element (GW), so all `rows · n_out` values are initialised.
+    unsafe { out.set_len(rows * n_out) };
+    let out = match product {
+        Nf4Product::XWt => transpose(&out, n_out, rows),
+        Nf4Product::GW => out,
+    };
+    Tensor::from_vec(out, (rows, n_out), &Device::Cpu)
+}
+
+fn ggml_rows_supported(dtype: GgmlDType) -> bool {
+    use GgmlDType as G;
+    matches!(
+        dtype,
+        G::Q4_0
+            | G::Q4_1
+            | G::Q5_0
+            | G::Q5_1
+            | G::Q8_0
+            | G::Q2K
+            | G::Q3K
+            | G::Q4K
+            | G::Q5K
+            | G::Q6K
+    )
+}
+
+/// Dequantises weight rows `r0..` (as many as `out` holds) of a CPU ggml tensor's bytes, in
+/// parallel over groups of rows.
+fn ggml_rows(dtype: GgmlDType, bytes: &[u8], in_dim: usize, r0: usize, out: &mut [f32]) {
+    use candle_core::quantized::k_quants::*;
+    fn rows_of<T: GgmlType>(bytes: &[u8], in_dim: usize, r0: usize, out: &mut [f32]) {
+        use rayon::prelude::*;
+        assert!(
+            (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
+            "ggml blocks are aligned (candle keeps them in a Vec of blocks)"
+        );
+        // SAFETY: candle's CPU storage of a `T` tensor is a `Vec<T>` whose bytes these are
+        // (`QTensor::data`), aligned as checked; block structs are plain old data.
+        let blocks: &[T] = unsafe {
+            std::slice::from_raw_parts(
+                bytes.as_ptr() as *const T,
+                bytes.len() / std::mem::size_of::<T>(),
+            )
+        };
+        let per_row = in_dim / T::BLCK_SIZE;
+        let rows = out.len() / in_dim;
+        let src = &blocks[r0 * per_row..(r0 + rows) * per_row];
+        // 16 rows per task: large enough to amortise the task, small enough to share a tile.
+        out.par_chunks_mut(16 * in_dim)
+            .zip(src.par_chunks(16 * per_row))
+            .for_each(|(o, s)| T::to_float(s, o));
+    }
+    use GgmlDType as G;
+    match dtype {
+        G::Q4_0 => rows_of::<BlockQ4_0>(bytes, in_dim, r0, out),
+        G::Q4_1 => rows_of::<BlockQ4_1>(bytes, in_dim, r0, out),
+        G::Q5_0 => rows_of::<BlockQ5_0>(bytes, in_dim, r0, out),
+        G::Q5_1 => rows_of::<BlockQ5_1>(bytes, in_dim, r0, out),
+        G::Q8_0 => rows_of::<BlockQ8_0>(bytes, in_dim, r0, out),
+        G::Q2K => rows_of::<BlockQ2K>(bytes, in_dim, r0, out),
+        G::Q3K => rows_of::<BlockQ3K>(bytes, in_dim, r0, out),
+        G::Q4K => rows_of::<BlockQ4K>(bytes, in_dim, r0, out),
+        G::Q5K => rows_of::<BlockQ5K>(bytes, in_dim, r0, out),
+        G::Q6K => rows_of::<BlockQ6K>(bytes, in_dim, r0, out),
+        other => unreachable!("{other:?} is not in ggml_rows_supported"),
+    }
 }
 
 /// Up to this many rows candle's ggml kernels (which quantise the activations to 8 bits and

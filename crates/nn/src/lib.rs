@@ -8,6 +8,7 @@
 //!
 //! - [`linear`]: the linear layer every model uses (dense, frozen, NF4 or ggml base, optional
 //!   LoRA adapter).
+//! - [`linear_ce`]: cross-entropy over a vocabulary-sized head, fused with the head's matmuls.
 //! - [`frozen`]: matmuls over frozen weights with an input-only backward.
 //! - [`quant`]: NF4 (QLoRA) quantisation, bitsandbytes-compatible.
 //! - [`lora`]: LoRA adapters, the load-time plan that puts them on models, PEFT files, merging.
@@ -28,6 +29,7 @@ pub mod frozen;
 pub mod fused;
 pub mod kv_cache;
 pub mod linear;
+pub mod linear_ce;
 pub mod lora;
 pub mod norm;
 pub mod quant;
@@ -36,5 +38,6 @@ pub mod weights;
 
 pub use candle_core::{DType, Device, Result, Tensor};
 pub use linear::{Linear, LinearBase, LinearHook};
+pub use linear_ce::VocabHead;
 pub use lora::{LinearPlan, Lora, LoraConfig, Targets};
 pub use weights::Weights;

@@ -128,6 +128,24 @@ impl Linear {
         }
     }
 
+    /// The f32 CPU weight of a layer that is a plain frozen product (no bias, no adapter, a
+    /// base that never gets a gradient), dequantised when the base is quantized; `None`
+    /// otherwise. What a fused kernel over the layer's product (the LM-head loss) needs.
+    pub fn frozen_f32_weight(&self) -> Result<Option<Tensor>> {
+        if self.bias.is_some() || self.lora.is_some() {
+            return Ok(None);
+        }
+        let w = match &self.base {
+            LinearBase::Dense(w) if w.track_op() => return Ok(None),
+            LinearBase::Dense(w) | LinearBase::Frozen(w) => w.clone(),
+            LinearBase::Nf4(_) | LinearBase::Quantized(_) => self.weight()?,
+        };
+        if !w.device().is_cpu() {
+            return Ok(None);
+        }
+        Ok(Some(w.to_dtype(DType::F32)?.contiguous()?))
+    }
+
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
     }

@@ -149,6 +149,46 @@ fn ggml_kernel_path_for_few_rows() -> Result<()> {
     Ok(())
 }
 
+/// f32 products over quantized bases go through dequantised tiles of 1024 weight rows: with
+/// 1040 outputs the second tile is short. Both products equal the dense ones with the
+/// dequantised weight, for NF4 and the ggml types.
+#[test]
+fn tiled_quantized_products_over_several_tiles() -> Result<()> {
+    let (inp, out, rows) = (256, 1040, 20);
+    for (name, make) in base_kinds().into_iter().skip(1) {
+        let lin = make(Linear::new(randn(&[out, inp], 0.05, DType::F32), None)?);
+        let w = lin.weight()?;
+        let x = Var::from_tensor(&randn(&[rows, inp], 1.0, DType::F32))?;
+        let y = lin.forward(x.as_tensor())?;
+        let r = randn(&[rows, out], 1.0, DType::F32);
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let gx = grads.get(x.as_tensor()).expect("input gradient");
+        let rel = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?
+                / b.abs()?.max_all()?.to_scalar::<f32>()?)
+        };
+        let dx = rel(gx, &r.matmul(&w)?)?;
+        assert!(
+            dx < 1e-5,
+            "{name}: dx differs from g·W by {dx:e} (relative)"
+        );
+        // 20 rows: above the ggml kernels' 16, so the forward is dequantise + gemm too, except
+        // for the repacked types (Q4_K, Q6K, Q8_0 with outputs a multiple of 16), whose kernels
+        // quantise the activations.
+        let fwd = rel(&y, &x.as_tensor().matmul(&w.t()?)?)?;
+        let tol = if matches!(name, "q4_k" | "q6_k" | "q8_0") {
+            2e-2
+        } else {
+            1e-5
+        };
+        assert!(
+            fwd < tol,
+            "{name}: y differs from x·Wᵀ by {fwd:e} (relative)"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn untracked_input_gives_untracked_output() -> Result<()> {
     let lin = Linear::new(randn(&[8, 16], 0.1, DType::F32), None)?.freeze();

@@ -275,7 +275,7 @@ fn main() -> Result<()> {
         let t = Instant::now();
         let cpu0 = rusage().1;
         let hidden = model.hidden_states(&input, None, &pos, None)?;
-        let loss = causal_lm_loss_on_hidden(&hidden, &labels, |h| model.logits(h))?;
+        let loss = causal_lm_loss_on_hidden(&hidden, &labels, model.lm_head())?;
         let l = loss.to_scalar::<f32>()?;
         let tf = t.elapsed().as_secs_f64();
         let grads = loss.backward()?;

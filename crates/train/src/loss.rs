@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
+use clinstruct_nn::VocabHead;
 use clinstruct_nn::cpu::with_slice;
 
 /// How per-sample losses become one number.
@@ -246,11 +247,14 @@ pub fn causal_lm_loss(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
 /// [`causal_lm_loss`] from hidden states `(batch, len, hidden)`: only the positions with a
 /// kept next-token target go through `head` (the LM head), so prompt and padding positions
 /// never get vocabulary-sized logits (for a 128k vocabulary that is the largest matmul of a
-/// small model, forward and backward). Same value and gradients as the full-logits loss.
+/// small model, forward and backward). A head with a fused path (a frozen LM head on the CPU,
+/// see `clinstruct_nn::linear_ce`) computes the cross-entropy with its matmuls and no logits
+/// tensor; any other head (or a closure giving logits) goes through [`cross_entropy`]. Same
+/// value and gradients as the full-logits loss.
 pub fn causal_lm_loss_on_hidden(
     hidden: &Tensor,
     labels: &[i64],
-    head: impl FnOnce(&Tensor) -> Result<Tensor>,
+    head: &impl VocabHead,
 ) -> Result<Tensor> {
     let (b, l, h) = hidden.dims3()?;
     let targets = shift_labels(labels, b, l)?;
@@ -273,7 +277,12 @@ pub fn causal_lm_loss_on_hidden(
         let n = rows.len();
         flat.index_select(&Tensor::from_vec(rows, n, hidden.device())?, 0)?
     };
-    let logits = head(&picked)?;
+    let n = kept.len();
+    let ids: Vec<u32> = kept.iter().map(|&t| t as u32).collect();
+    if let Some(per_row) = head.fused_cross_entropy(&picked, &ids, &vec![1.0; n])? {
+        return per_row.sum_all()? / n as f64;
+    }
+    let logits = head.logits(&picked)?;
     cross_entropy(&logits, &kept, None, Reduction::Mean)
 }
 

@@ -313,7 +313,7 @@ fn causal_lm_loss_on_hidden_equals_full_logits() -> Result<()> {
     ] {
         let full = causal_lm_loss(&logits(hidden.as_tensor())?, &labels)?;
         let part =
-            clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &labels, logits)?;
+            clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &labels, &logits)?;
         assert!((scalar(&full) - scalar(&part)).abs() < 1e-12);
         let (gf, gp) = (full.backward()?, part.backward()?);
         for v in [&hidden, &head] {
@@ -327,7 +327,7 @@ fn causal_lm_loss_on_hidden_equals_full_logits() -> Result<()> {
         }
     }
     let none =
-        clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &[-100; 10], logits)?;
+        clinstruct_train::loss::causal_lm_loss_on_hidden(hidden.as_tensor(), &[-100; 10], &logits)?;
     assert_eq!(scalar(&none), 0.0);
     Ok(())
 }

@@ -295,7 +295,7 @@ impl SftRecipe {
             None,
         )?;
         // Vocabulary-sized logits for the completion positions only.
-        let loss = causal_lm_loss_on_hidden(&hidden, &batch.labels, |h| lm.logits(h))?;
+        let loss = causal_lm_loss_on_hidden(&hidden, &batch.labels, lm.lm_head())?;
         Ok((loss, batch))
     }
 }
