@@ -19,7 +19,80 @@ pub fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Res
     Ok(Some(f(&data[start..start + layout.shape().elem_count()])))
 }
 
+/// Runs `f` on the f32 elements of several tensors when all live on the CPU in f32 (`None`
+/// otherwise); non-contiguous ones are made contiguous first.
+pub fn with_f32_slices<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<Option<R>> {
+    if ts
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != candle_core::DType::F32)
+    {
+        return Ok(None);
+    }
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(ts.len());
+    for (storage, layout) in &guards {
+        let Storage::Cpu(cpu) = &**storage else {
+            return Ok(None);
+        };
+        let data = cpu.as_slice::<f32>()?;
+        let start = layout.start_offset();
+        slices.push(&data[start..start + layout.shape().elem_count()]);
+    }
+    Ok(Some(f(&slices)))
+}
+
 /// The elements of `t` as a `Vec` (any device), without going through a rank-specific getter.
 pub fn to_vec<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
     t.flatten_all()?.to_vec1::<T>()
+}
+
+/// `dst (m, n) = alpha·lhs·rhs` (or `+=` with `accumulate`) for f32 matrices given by
+/// `(row stride, column stride)` (`dst` with column stride 1), checked to stay inside their
+/// slices.
+pub(crate) fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, accumulate): (&mut [f32], usize, bool),
+    (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (&[f32], (usize, usize)),
+    alpha: f32,
+    threads: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let fits = |len: usize, rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows - 1) * rs + (cols - 1) * cs < len
+    };
+    assert!(
+        fits(dst.len(), m, n, dst_rs, 1)
+            && fits(lhs.len(), m, k, lhs_rs, lhs_cs)
+            && fits(rhs.len(), k, n, rhs_rs, rhs_cs),
+        "gemm operand out of bounds"
+    );
+    // SAFETY: the assertion above keeps every addressed element inside its slice, and `dst`
+    // is borrowed mutably, so it does not alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            threads,
+        )
+    }
 }

@@ -199,6 +199,16 @@ pub fn base_input_grad(g: &Tensor, base: &LinearBase) -> Result<Tensor> {
 
 /// The CPU f32 forward of [`dense`], `None` for other devices and dtypes.
 fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let rows = x.dims2()?.0;
+    let out_dim = w.dims2()?.0;
+    dense_cpu_values(x, w)?
+        .map(|v| Tensor::from_vec(v, (rows, out_dim), &Device::Cpu))
+        .transpose()
+}
+
+/// The values of `x (rows, in) · Wᵀ` on the CPU in f32 (row-major), `None` for other devices
+/// and dtypes.
+pub(crate) fn dense_cpu_values(x: &Tensor, w: &Tensor) -> Result<Option<Vec<f32>>> {
     if !x.device().is_cpu() || x.dtype() != DType::F32 || w.dtype() != DType::F32 {
         return Ok(None);
     }
@@ -208,8 +218,8 @@ fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         candle_core::bail!("frozen linear: input has {in_dim} columns, the weight {k}");
     }
     let x = x.detach().contiguous()?;
-    let y = cpu::with_slice::<f32, _>(&x, |xs| {
-        cpu::with_slice::<f32, _>(w, |ws| {
+    Ok(cpu::with_slice::<f32, _>(&x, |xs| {
+        cpu::with_slice::<f32, _>(&w.detach(), |ws| {
             let mut yt: Vec<f32> = Vec::with_capacity(rows * out_dim);
             let dst = yt.spare_capacity_mut().as_mut_ptr() as *mut f32;
             // SAFETY: `xs` is rows × in, `ws` out × in and `yt` out × rows; the gemm writes
@@ -222,9 +232,7 @@ fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         })
     })?
     .transpose()?
-    .flatten();
-    y.map(|v| Tensor::from_vec(v, (rows, out_dim), &Device::Cpu))
-        .transpose()
+    .flatten())
 }
 
 /// `x (rows, k) · Wᵀ` for `n` weight rows at `w (n, k)`, written column-major: element `(i, j)`
@@ -237,7 +245,14 @@ fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 ///
 /// # Safety
 /// `x` holds `rows · k` values, `w` points to `n · k` and `dst` to `n · rows` writable values.
-unsafe fn xwt_colmajor(x: &[f32], rows: usize, k: usize, w: *const f32, n: usize, dst: *mut f32) {
+pub(crate) unsafe fn xwt_colmajor(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: *const f32,
+    n: usize,
+    dst: *mut f32,
+) {
     let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
     // SAFETY: the caller's sizes; strides as documented above.
     unsafe {
@@ -266,7 +281,7 @@ unsafe fn xwt_colmajor(x: &[f32], rows: usize, k: usize, w: *const f32, n: usize
 }
 
 /// `src (r, c)` row-major → `(c, r)` row-major, in cache-sized blocks.
-fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
+pub(crate) fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
     use rayon::prelude::*;
     const B: usize = 32;
     let mut out = vec![0f32; r * c];

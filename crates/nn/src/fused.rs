@@ -5,9 +5,11 @@
 //! LayerNorm is eight of them) with one pass over rows that stay in cache. The forward runs in
 //! f32 on CPU, row-parallel on `RAYON_NUM_THREADS` threads, in loops written to vectorise (lane
 //! accumulators, a polynomial `exp` and `erfc` instead of libm calls), compiled for AVX-512 or
-//! AVX2 when the CPU has them. The backward passes are built from differentiable candle ops, so
-//! gradients (and gradients of gradients) are exact. Other dtypes and devices take the op-by-op
-//! path, which gives the same values.
+//! AVX2 when the CPU has them. The LayerNorm and GeGLU backward passes on the CPU are kernels
+//! of the same kind (one pass per row; candle's op-by-op versions were ~10 passes over the
+//! tensor plus a zero-filled gradient each); the softmax backward, and every backward on other
+//! dtypes and devices, is built from differentiable candle ops. Other dtypes and devices take
+//! the op-by-op path, which gives the same values.
 
 use std::mem::MaybeUninit;
 
@@ -292,6 +294,9 @@ impl CustomOp2 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if let Some((dx, dw)) = layer_norm_bwd_cpu(x, w, grad, self.eps)? {
+            return Ok((Some(dx), Some(dw)));
+        }
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -314,10 +319,104 @@ impl CustomOp2 for LayerNormOp {
     }
 }
 
-simd_dispatch!(layer_norm_row => layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]));
+/// Rows per task of the LayerNorm backward: each task sums its rows' share of `dw`, and the
+/// task sums are added in order, so `dw` does not depend on the thread count.
+const LN_ROWS_PER_TASK: usize = 64;
 
+/// The LayerNorm backward in one pass per row on the CPU (f32); `None` elsewhere.
+fn layer_norm_bwd_cpu(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    eps: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    use rayon::prelude::*;
+    if !(fast_path(x) && fast_path(w) && fast_path(grad)) {
+        return Ok(None);
+    }
+    let dim = w.elem_count();
+    let w_d = w.detach();
+    let out = crate::cpu::with_f32_slices(&[x, &w_d, grad], |s| {
+        let (xs, ws, gs) = (s[0], s[1], s[2]);
+        let mut dx = vec![0f32; xs.len()];
+        let block = LN_ROWS_PER_TASK * dim;
+        let partial: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block)
+            .zip(xs.par_chunks(block))
+            .zip(gs.par_chunks(block))
+            .map(|((dxb, xb), gb)| {
+                let mut dw = vec![0f32; dim];
+                for ((dxr, xr), gr) in dxb
+                    .chunks_exact_mut(dim)
+                    .zip(xb.chunks_exact(dim))
+                    .zip(gb.chunks_exact(dim))
+                {
+                    layer_norm_bwd_row(xr, ws, gr, eps, dxr, &mut dw);
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; dim];
+        for p in &partial {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        (dx, dw)
+    })?;
+    let Some((dx, dw)) = out else {
+        return Ok(None);
+    };
+    Ok(Some((
+        Tensor::from_vec(dx, x.shape(), x.device())?,
+        Tensor::from_vec(dw, w.shape(), w.device())?,
+    )))
+}
+
+simd_dispatch!(layer_norm_bwd_row => layer_norm_bwd_row_portable(x: &[f32], w: &[f32], g: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32]));
+
+/// One row: statistics again (as the forward), then `dx = rstd·(ĝ - mean(ĝ) - x̂·mean(ĝ·x̂))`
+/// with `ĝ = dy·w`, and `dw += dy·x̂`.
 #[inline(always)]
-fn layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+fn layer_norm_bwd_row_portable(
+    x: &[f32],
+    w: &[f32],
+    g: &[f32],
+    eps: f32,
+    dx: &mut [f32],
+    dw: &mut [f32],
+) {
+    let n = x.len() as f32;
+    let (mean, rstd) = mean_rstd(x, eps);
+    let (mut m1, mut m2) = ([0f32; LANES], [0f32; LANES]);
+    let body = x.len() - x.len() % LANES;
+    for j in (0..body).step_by(LANES) {
+        for i in 0..LANES {
+            let xh = (x[j + i] - mean) * rstd;
+            let gh = g[j + i] * w[j + i];
+            m1[i] += gh;
+            m2[i] += gh * xh;
+        }
+    }
+    let (mut s1, mut s2) = (m1.iter().sum::<f32>(), m2.iter().sum::<f32>());
+    for j in body..x.len() {
+        let xh = (x[j] - mean) * rstd;
+        let gh = g[j] * w[j];
+        s1 += gh;
+        s2 += gh * xh;
+    }
+    let (m1, m2) = (s1 / n, s2 / n);
+    for j in 0..x.len() {
+        let xh = (x[j] - mean) * rstd;
+        dx[j] = rstd * (g[j] * w[j] - m1 - xh * m2);
+        dw[j] += g[j] * xh;
+    }
+}
+
+/// A row's mean and `1/sqrt(var + eps)` (biased variance), in lane accumulators; the forward
+/// and backward kernels inline it, so both get the same numbers.
+#[inline(always)]
+fn mean_rstd(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let chunks = x.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -337,7 +436,14 @@ fn layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUnini
     }
     let var =
         (sq.iter().sum::<f32>() + tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()) / n;
-    let rstd = 1.0 / (var + eps).sqrt();
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_dispatch!(layer_norm_row => layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]));
+
+#[inline(always)]
+fn layer_norm_row_portable(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    let (mean, rstd) = mean_rstd(x, eps);
     for ((o, &v), &wi) in out.iter_mut().zip(x).zip(w) {
         o.write((v - mean) * rstd * wi);
     }
@@ -376,6 +482,23 @@ impl CustomOp1 for GeGlu {
 
     /// `da = dy · b · (Φ(a) + a·φ(a))`, `db = dy · a·Φ(a)`.
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if fast_path(h) && fast_path(grad) {
+            let two_i = h.dim(D::Minus1)?;
+            let dh = crate::cpu::with_f32_slices(&[h, grad], |s| {
+                use rayon::prelude::*;
+                let (hs, gs) = (s[0], s[1]);
+                let mut dh = vec![0f32; hs.len()];
+                dh.par_chunks_mut(two_i)
+                    .zip(hs.par_chunks(two_i))
+                    .zip(gs.par_chunks(two_i / 2))
+                    .with_min_len(16)
+                    .for_each(|((d, hr), gr)| geglu_bwd_row(hr, gr, d));
+                dh
+            })?;
+            if let Some(dh) = dh {
+                return Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?));
+            }
+        }
         let i = h.dim(D::Minus1)? / 2;
         let a = h.narrow(D::Minus1, 0, i)?;
         let b = h.narrow(D::Minus1, i, i)?;
@@ -385,6 +508,23 @@ impl CustomOp1 for GeGlu {
         let da = ((grad * &b)? * (&cdf + (&a * &pdf)?)?)?;
         let db = (grad * (&a * &cdf)?)?;
         Ok(Some(Tensor::cat(&[&da, &db], D::Minus1)?))
+    }
+}
+
+simd_dispatch!(geglu_bwd_row => geglu_bwd_row_portable(h: &[f32], g: &[f32], dh: &mut [f32]));
+
+#[inline(always)]
+fn geglu_bwd_row_portable(h: &[f32], g: &[f32], dh: &mut [f32]) {
+    let (a, b) = h.split_at(g.len());
+    let (da, db) = dh.split_at_mut(g.len());
+    // φ(a) = e^(-a²/2) / √(2π)
+    let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    for ((((&x, &y), &gi), dai), dbi) in a.iter().zip(b).zip(g).zip(da).zip(db) {
+        let c = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
+        let cdf = if x >= 0.0 { 1.0 - 0.5 * c } else { 0.5 * c };
+        let pdf = exp_neg(-0.5 * x * x) * inv_sqrt_2pi;
+        *dai = gi * y * (cdf + x * pdf);
+        *dbi = gi * x * cdf;
     }
 }
 

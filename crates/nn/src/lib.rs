@@ -9,6 +9,7 @@
 //! - [`linear`]: the linear layer every model uses (dense, frozen, NF4 or ggml base, optional
 //!   LoRA adapter).
 //! - [`linear_ce`]: cross-entropy over a vocabulary-sized head, fused with the head's matmuls.
+//! - [`dense`]: the trainable dense product as one node with a written-out backward.
 //! - [`frozen`]: matmuls over frozen weights with an input-only backward.
 //! - [`quant`]: NF4 (QLoRA) quantisation, bitsandbytes-compatible.
 //! - [`lora`]: LoRA adapters, the load-time plan that puts them on models, PEFT files, merging.
@@ -24,6 +25,7 @@
 pub mod attention;
 pub mod checkpoint;
 pub mod cpu;
+pub mod dense;
 pub mod dropout;
 pub mod frozen;
 pub mod fused;

@@ -283,7 +283,7 @@ impl Linear {
         let x2 = x.contiguous()?.reshape((rows, self.in_dim))?;
         // One 2-D matmul is much faster than a broadcast batched matmul on CPU and CUDA.
         let y = match &self.base {
-            LinearBase::Dense(w) if w.track_op() => x2.matmul(&w.t()?)?,
+            LinearBase::Dense(w) if w.track_op() => crate::dense::matmul_t(&x2, w)?,
             base => match self.q8_0_value(&x2, rows)? {
                 Some(y) => y,
                 None => frozen::linear(&x2, base)?,

@@ -335,57 +335,29 @@ struct Group<'a> {
 }
 
 /// `dst (m × n) = [dst +] alpha · lhs (m × k) · rhs (k × n)`, each matrix given by its slice,
-/// row stride and column stride; single-threaded (the callers run one task per head).
+/// row stride and column stride; single-threaded (the callers run one task per head). See
+/// [`crate::cpu::gemm_f32`].
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn mm(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,
     accumulate: bool,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     alpha: f32,
 ) {
-    if m == 0 || n == 0 || k == 0 {
-        return;
-    }
-    let fits = |len: usize, rows: usize, cols: usize, rs: usize, cs: usize| {
-        (rows - 1) * rs + (cols - 1) * cs < len
-    };
-    assert!(
-        fits(dst.len(), m, n, dst_rs, 1)
-            && fits(lhs.len(), m, k, lhs_rs, lhs_cs)
-            && fits(rhs.len(), k, n, rhs_rs, rhs_cs),
-        "flash attention: tile out of bounds"
+    crate::cpu::gemm_f32(
+        mnk,
+        (dst, dst_rs, accumulate),
+        (lhs, lhs_strides),
+        (rhs, rhs_strides),
+        alpha,
+        gemm::Parallelism::None,
     );
-    // SAFETY: the assertion above keeps every addressed element inside its slice, and `dst`
-    // is borrowed mutably, so it does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
 }
 
 /// Scores of query rows `[i0, i0 + nq)` against keys `[j0, j0 + nk)` into `s` (row stride
