@@ -386,8 +386,15 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.act.apply(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let gate = self.gate_proj.forward(x)?;
+        let up = self.up_proj.forward(x)?;
+        // SiLU gating as one node with its own backward on CPU f32.
+        if self.act == Activation::Silu
+            && let Some(h) = clinstruct_nn::fused::swiglu(&gate, &up)?
+        {
+            return self.down_proj.forward(&h);
+        }
+        self.down_proj.forward(&(self.act.apply(&gate)? * up)?)
     }
 }
 
