@@ -1,11 +1,13 @@
 //! gemm throughput for the shapes of a 256-token step on a Llama-3.2-1B-sized layer: `x · Wᵀ`
-//! against weights of N rows, one thread and all threads, with the destination column-major
-//! (what `frozen::xwt_colmajor` uses), with W as gemm's left operand, and row-major. What the
-//! quantized bases' tile size (`frozen::tile_rows`) is chosen from.
+//! against weights of N rows, one thread and all threads, with the destination column-major,
+//! the same with `x` column-major too (what `frozen::xwt_colmajor` uses), with W as gemm's
+//! left operand, and row-major. What the quantized bases' tile size (`frozen::tile_rows`) and
+//! the layouts of `frozen::xwt_colmajor` are chosen from.
 //!
 //! RAYON_NUM_THREADS=2 cargo run --release -p clinstruct-nn --example gemm_shapes
 
 use std::time::Instant;
+
 fn best<F: FnMut()>(n: usize, mut f: F) -> f64 {
     let mut b = f64::INFINITY;
     for _ in 0..n {
@@ -15,92 +17,75 @@ fn best<F: FnMut()>(n: usize, mut f: F) -> f64 {
     }
     b
 }
+
+/// Strides of one operand as gemm takes them: (column stride, row stride).
+type Strides = (isize, isize);
+
+/// Best of 5 seconds for `dst (m, n) = lhs (m, k) · rhs (k, n)` with the given layouts.
+#[allow(clippy::too_many_arguments)]
+fn time(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    d: Strides,
+    lhs: &[f32],
+    l: Strides,
+    rhs: &[f32],
+    r: Strides,
+    par: gemm::Parallelism,
+) -> f64 {
+    best(5, || {
+        // SAFETY: every layout used below addresses only elements inside its buffer.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                d.0,
+                d.1,
+                false,
+                lhs.as_ptr(),
+                l.0,
+                l.1,
+                rhs.as_ptr(),
+                r.0,
+                r.1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
+            )
+        }
+    })
+}
+
 fn main() {
     let (m, k) = (256usize, 2048usize);
     let x = vec![0.5f32; m * k];
+    let xt: Vec<f32> = (0..m * k).map(|i| x[(i % m) * k + i / m]).collect();
     for n in [64usize, 128, 256, 512, 1024, 2048, 4096, 8192] {
         let w = vec![0.25f32; n * k];
         let mut c = vec![0f32; m * n];
         let fl = 2.0 * (m * n * k) as f64 / 1e9;
+        let (mi, ni, ki) = (m as isize, n as isize, k as isize);
         for (name, par) in [
             ("1t", gemm::Parallelism::None),
             ("2t", gemm::Parallelism::Rayon(2)),
         ] {
-            // colmajor dst, lhs x rowmajor, rhs Wt
-            let t1 = best(5, || unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    m as isize,
-                    1,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            });
-            // colmajor dst via transposed problem: dstT (n, m) rowmajor = W (n,k) . xT (k, m)
-            let t2 = best(5, || unsafe {
-                gemm::gemm(
-                    n,
-                    m,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    m as isize,
-                    false,
-                    w.as_ptr(),
-                    1,
-                    k as isize,
-                    x.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            });
-            // rowmajor dst
-            let t3 = best(5, || unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            });
+            // Column-major destination, x row-major, Wᵀ read in place.
+            let t1 = time((m, n, k), &mut c, (mi, 1), &x, (1, ki), &w, (ki, 1), par);
+            // The same with x column-major.
+            let t4 = time((m, n, k), &mut c, (mi, 1), &xt, (mi, 1), &w, (ki, 1), par);
+            // (x·Wᵀ)ᵀ = W · xᵀ with W as the left operand.
+            let t2 = time((n, m, k), &mut c, (1, mi), &w, (1, ki), &x, (ki, 1), par);
+            // Row-major destination.
+            let t3 = time((m, n, k), &mut c, (1, ni), &x, (1, ki), &w, (ki, 1), par);
             println!(
-                "n={n} {name}: colmaj {:.0}  W-as-lhs {:.0}  rowmaj {:.0} GFLOP/s",
+                "n={n} {name}: colmaj {:.0}  x colmaj too {:.0}  W-as-lhs {:.0}  rowmaj {:.0} GFLOP/s",
                 fl / t1,
+                fl / t4,
                 fl / t2,
                 fl / t3
             );

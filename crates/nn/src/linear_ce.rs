@@ -145,27 +145,7 @@ impl Problem<'_> {
             // SAFETY: `xs` is rows × hidden, `w` vocab × hidden, `buf` has room for vocab ×
             // rows and the gemm writes every element without reading it.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    vocab,
-                    hidden,
-                    dst,
-                    rows as isize,
-                    1,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    hidden as isize,
-                    w.as_ptr(),
-                    hidden as isize,
-                    1,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    threads,
-                );
+                crate::frozen::xwt_colmajor(xs, rows, hidden, w.as_ptr(), vocab, dst);
                 buf.set_len(rows * vocab);
             }
             let targets = &self.targets[r0..r0 + rows];
