@@ -5,11 +5,11 @@
 //! LayerNorm is eight of them) with one pass over rows that stay in cache. The forward runs in
 //! f32 on CPU, row-parallel on `RAYON_NUM_THREADS` threads, in loops written to vectorise (lane
 //! accumulators, a polynomial `exp` and `erfc` instead of libm calls), compiled for AVX-512 or
-//! AVX2 when the CPU has them. The norm, SwiGLU and GeGLU backward passes on the CPU are kernels
-//! of the same kind (one pass per row; candle's op-by-op versions were ~10 passes over the
-//! tensor plus a zero-filled gradient each); the softmax backward, and every backward on other
-//! dtypes and devices, is built from differentiable candle ops. Other dtypes and devices take
-//! the op-by-op path, which gives the same values.
+//! AVX2 when the CPU has them. The norm, SwiGLU and GeGLU backward passes are kernels of the
+//! same kind (one pass per row; candle's op-by-op versions were ~10 passes over the tensor plus
+//! a zero-filled gradient each); the softmax backward is built from differentiable candle ops.
+//! Other dtypes and devices take the op-by-op path (forward and backward), which gives the same
+//! values.
 
 use std::mem::MaybeUninit;
 
@@ -294,34 +294,45 @@ impl CustomOp2 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        if let Some((dx, dw)) = layer_norm_bwd_cpu(x, w, grad, self.eps)? {
-            return Ok((Some(dx), Some(dw)));
-        }
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let rstd = (var + f64::from(self.eps))?.sqrt()?.recip()?;
-        let xhat = centered.broadcast_mul(&rstd)?;
-        let gh = grad.broadcast_mul(w)?;
-        let m1 = gh.mean_keepdim(D::Minus1)?;
-        let m2 = (&gh * &xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = gh
-            .broadcast_sub(&m1)?
-            .sub(&xhat.broadcast_mul(&m2)?)?
-            .broadcast_mul(&rstd)?;
-        let dims = grad.dims();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let dw = (grad * &xhat)?
-            .reshape((rows, w.elem_count()))?
-            .sum(0)?
-            .reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        let eps = self.eps;
+        norm_backward(
+            "layer norm",
+            x,
+            w,
+            grad,
+            <[f32]>::to_vec,
+            |xr, w, gr, dxr, dw| layer_norm_bwd_row(xr, w, gr, eps, dxr, dw),
+        )
     }
 }
 
 /// Rows per task of the norm backward passes: each task sums its rows' share of `dw`, and the
 /// task sums are added in order, so `dw` does not depend on the thread count.
 const NORM_ROWS_PER_TASK: usize = 64;
+
+/// The backward of a row norm op (`dx`, `dw`): `weights` turns the stored weight into the
+/// per-column multiplier, `row` is the kernel (see [`norm_bwd_rows`]). The norm ops are only
+/// built for CPU f32 tensors ([`fast_path`]), so their gradients are CPU f32 too.
+fn norm_backward(
+    op: &str,
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    weights: impl FnOnce(&[f32]) -> Vec<f32>,
+    row: impl Fn(&[f32], &[f32], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let w_d = w.detach();
+    let out = crate::cpu::with_f32_slices(&[x, &w_d, grad], |s| {
+        norm_bwd_rows(s[0], &weights(s[1]), s[2], row)
+    })?;
+    let Some((dx, dw)) = out else {
+        candle_core::bail!("{op}: the backward needs f32 CPU tensors");
+    };
+    Ok((
+        Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+        Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+    ))
+}
 
 /// A norm's backward over rows of `w.len()` values: `row(x, w, dy, dx, dw)` writes a row's `dx`
 /// and adds its share to `dw`. Returns `(dx, dw)`.
@@ -358,31 +369,6 @@ fn norm_bwd_rows(
         }
     }
     (dx, dw)
-}
-
-/// The LayerNorm backward in one pass per row on the CPU (f32); `None` elsewhere.
-fn layer_norm_bwd_cpu(
-    x: &Tensor,
-    w: &Tensor,
-    grad: &Tensor,
-    eps: f32,
-) -> Result<Option<(Tensor, Tensor)>> {
-    if !(fast_path(x) && fast_path(w) && fast_path(grad)) {
-        return Ok(None);
-    }
-    let w_d = w.detach();
-    let out = crate::cpu::with_f32_slices(&[x, &w_d, grad], |s| {
-        norm_bwd_rows(s[0], s[1], s[2], |xr, w, gr, dxr, dw| {
-            layer_norm_bwd_row(xr, w, gr, eps, dxr, dw)
-        })
-    })?;
-    let Some((dx, dw)) = out else {
-        return Ok(None);
-    };
-    Ok(Some((
-        Tensor::from_vec(dx, x.shape(), x.device())?,
-        Tensor::from_vec(dw, w.shape(), w.device())?,
-    )))
 }
 
 simd_dispatch!(layer_norm_bwd_row => layer_norm_bwd_row_portable(x: &[f32], w: &[f32], g: &[f32], eps: f32, dx: &mut [f32], dw: &mut [f32]));
@@ -526,20 +512,14 @@ impl CustomOp2 for RmsNormOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let eps = self.eps;
-        let w_d = w.detach();
-        let out = crate::cpu::with_f32_slices(&[x, &w_d, grad], |s| {
-            let ws = self.scale(s[1]);
-            norm_bwd_rows(s[0], &ws, s[2], |xr, w, gr, dxr, dw| {
-                rms_norm_bwd_row(xr, w, gr, eps, dxr, dw)
-            })
-        })?;
-        let Some((dx, dw)) = out else {
-            candle_core::bail!("rms norm: the backward needs f32 CPU tensors");
-        };
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-        ))
+        norm_backward(
+            "rms norm",
+            x,
+            w,
+            grad,
+            |w| self.scale(w),
+            |xr, w, gr, dxr, dw| rms_norm_bwd_row(xr, w, gr, eps, dxr, dw),
+        )
     }
 }
 
@@ -729,32 +709,23 @@ impl CustomOp1 for GeGlu {
 
     /// `da = dy · b · (Φ(a) + a·φ(a))`, `db = dy · a·Φ(a)`.
     fn bwd(&self, h: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        if fast_path(h) && fast_path(grad) {
-            let two_i = h.dim(D::Minus1)?;
-            let dh = crate::cpu::with_f32_slices(&[h, grad], |s| {
-                use rayon::prelude::*;
-                let (hs, gs) = (s[0], s[1]);
-                let mut dh = vec![0f32; hs.len()];
-                dh.par_chunks_mut(two_i)
-                    .zip(hs.par_chunks(two_i))
-                    .zip(gs.par_chunks(two_i / 2))
-                    .with_min_len(16)
-                    .for_each(|((d, hr), gr)| geglu_bwd_row(hr, gr, d));
-                dh
-            })?;
-            if let Some(dh) = dh {
-                return Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?));
-            }
-        }
-        let i = h.dim(D::Minus1)? / 2;
-        let a = h.narrow(D::Minus1, 0, i)?;
-        let b = h.narrow(D::Minus1, i, i)?;
-        let cdf = (((&a * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5)?;
-        let pdf = ((a.sqr()? * -0.5)?.exp()?
-            * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2))?;
-        let da = ((grad * &b)? * (&cdf + (&a * &pdf)?)?)?;
-        let db = (grad * (&a * &cdf)?)?;
-        Ok(Some(Tensor::cat(&[&da, &db], D::Minus1)?))
+        // The op is only built for CPU f32 tensors (`geglu_erf`), so its gradient is too.
+        let two_i = h.dim(D::Minus1)?;
+        let dh = crate::cpu::with_f32_slices(&[h, grad], |s| {
+            use rayon::prelude::*;
+            let (hs, gs) = (s[0], s[1]);
+            let mut dh = vec![0f32; hs.len()];
+            dh.par_chunks_mut(two_i)
+                .zip(hs.par_chunks(two_i))
+                .zip(gs.par_chunks(two_i / 2))
+                .with_min_len(16)
+                .for_each(|((d, hr), gr)| geglu_bwd_row(hr, gr, d));
+            dh
+        })?;
+        let Some(dh) = dh else {
+            candle_core::bail!("geglu: the backward needs f32 CPU tensors");
+        };
+        Ok(Some(Tensor::from_vec(dh, h.shape(), h.device())?))
     }
 }
 
