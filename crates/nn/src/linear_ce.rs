@@ -137,7 +137,6 @@ impl Problem<'_> {
         // runs over contiguous lanes of rows (and gemm reads `W` in place, see
         // `frozen::xwt_colmajor`).
         let mut buf: Vec<f32> = Vec::with_capacity(rc * vocab);
-        let threads = gemm::Parallelism::Rayon(rayon::current_num_threads());
         for r0 in (0..n).step_by(rc) {
             let rows = rc.min(n - r0);
             let xs = &x[r0 * hidden..(r0 + rows) * hidden];
@@ -171,31 +170,15 @@ impl Problem<'_> {
                 };
                 buf[i] -= wr * tanh_grad;
             }
-            // SAFETY: `buf` is the (rows, vocab) gradient with entry (r, v) at v·rows + r,
-            // `w` is vocab × hidden row-major, the destination rows × hidden row-major.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    hidden,
-                    vocab,
-                    dx[r0 * hidden..].as_mut_ptr(),
-                    1,
-                    hidden as isize,
-                    false,
-                    buf.as_ptr(),
-                    rows as isize,
-                    1,
-                    w.as_ptr(),
-                    1,
-                    hidden as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    threads,
-                );
-            }
+            // dx rows (rows, hidden) = dz (rows, vocab) · W; `buf` holds dz column-major.
+            crate::cpu::gemm_f32(
+                (rows, hidden, vocab),
+                (&mut dx[r0 * hidden..(r0 + rows) * hidden], hidden, false),
+                (&buf, (1, rows)),
+                (w, (hidden, 1)),
+                1.0,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            );
             buf.clear();
         }
         (losses, dx)
