@@ -10,31 +10,27 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::cpu::with_f32_slices;
 
 /// `x (rows, in) · Wᵀ` for a tracked `w (out, in)`; the one-node CPU path for contiguous f32
 /// operands, candle's ops elsewhere.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let cpu_f32 = x.device().is_cpu()
-        && w.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-        && x.rank() == 2
-        && w.rank() == 2;
-    if !cpu_f32 {
-        return x.matmul(&w.t()?);
-    }
-    let Some(y) = crate::frozen::dense_cpu_values(x, w)? else {
-        return x.matmul(&w.t()?);
+    // `None` off the CPU or for other dtypes.
+    let value = match (x.rank(), w.rank()) {
+        (2, 2) => crate::frozen::dense_cpu_values(x, w)?,
+        _ => None,
     };
-    x.apply_op2(
-        w,
-        DenseMatmulT {
-            value: Mutex::new(Some(y)),
-        },
-    )
+    match value {
+        Some(y) => x.apply_op2(
+            w,
+            DenseMatmulT {
+                value: Mutex::new(Some(y)),
+            },
+        ),
+        None => x.matmul(&w.t()?),
+    }
 }
 
 /// The graph node; the value is computed before the node exists and moved in once.
