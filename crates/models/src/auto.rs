@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
-use clinstruct_nn::checkpoint::Gradients;
+use clinstruct_nn::checkpoint::{Checkpointed, Gradients};
 use clinstruct_nn::{LinearHook, Weights};
 use serde_json::Value;
 
@@ -188,27 +188,6 @@ impl AnyCausalLm {
         }
     }
 
-    /// Gradient checkpointing per decoder layer (see `clinstruct_nn::checkpoint`): layer
-    /// activations are recomputed in the backward pass instead of kept.
-    pub fn set_gradient_checkpointing(&mut self, on: bool) {
-        match self {
-            AnyCausalLm::Llama(m) => m.set_gradient_checkpointing(on),
-            AnyCausalLm::Mistral(m) => m.model.set_gradient_checkpointing(on),
-            AnyCausalLm::Gemma3(m) => m.set_gradient_checkpointing(on),
-            AnyCausalLm::Ministral3(m) => m.model.set_gradient_checkpointing(on),
-        }
-    }
-
-    /// `gradients().backward(&loss)` gives every gradient, with or without checkpointing.
-    pub fn gradients(&self) -> Gradients {
-        match self {
-            AnyCausalLm::Llama(m) => m.gradients(),
-            AnyCausalLm::Mistral(m) => m.model.gradients(),
-            AnyCausalLm::Gemma3(m) => m.gradients(),
-            AnyCausalLm::Ministral3(m) => m.model.gradients(),
-        }
-    }
-
     fn info_mut(&mut self) -> &mut LmInfo {
         match self {
             AnyCausalLm::Llama(m) => m.info_mut(),
@@ -267,6 +246,27 @@ impl CausalLm for AnyCausalLm {
 
     fn info(&self) -> &LmInfo {
         self.as_decoder().info()
+    }
+}
+
+/// Gradient checkpointing per decoder layer, in the wrapped model.
+impl Checkpointed for AnyCausalLm {
+    fn checkpoint_store(&self) -> &Option<Gradients> {
+        match self {
+            AnyCausalLm::Llama(m) => m.checkpoint_store(),
+            AnyCausalLm::Mistral(m) => m.model.checkpoint_store(),
+            AnyCausalLm::Gemma3(m) => m.checkpoint_store(),
+            AnyCausalLm::Ministral3(m) => m.model.checkpoint_store(),
+        }
+    }
+
+    fn checkpoint_store_mut(&mut self) -> &mut Option<Gradients> {
+        match self {
+            AnyCausalLm::Llama(m) => m.checkpoint_store_mut(),
+            AnyCausalLm::Mistral(m) => m.model.checkpoint_store_mut(),
+            AnyCausalLm::Gemma3(m) => m.checkpoint_store_mut(),
+            AnyCausalLm::Ministral3(m) => m.model.checkpoint_store_mut(),
+        }
     }
 }
 

@@ -393,6 +393,8 @@ pub struct Gemma3 {
     checkpointing: Option<Gradients>,
 }
 
+clinstruct_nn::impl_checkpointed!(Gemma3);
+
 impl Gemma3 {
     /// A `Gemma3ForCausalLM` checkpoint: `model.*` (and `lm_head.weight` when untied).
     pub fn load(cfg: &Config, w: &Weights) -> Result<Gemma3> {
@@ -443,22 +445,6 @@ impl Gemma3 {
             spec: spec.clone(),
             checkpointing: None,
         })
-    }
-
-    /// Gradient checkpointing per decoder layer in full-sequence forwards (as
-    /// [`crate::llama::Llama::set_gradient_checkpointing`]).
-    pub fn set_gradient_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on.then(Gradients::new);
-    }
-
-    pub fn gradient_checkpointing(&self) -> bool {
-        self.checkpointing.is_some()
-    }
-
-    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
-    /// gives every gradient, with or without checkpointing.
-    pub fn gradients(&self) -> Gradients {
-        self.checkpointing.clone().unwrap_or_default()
     }
 
     pub fn spec(&self) -> &Gemma3Spec {

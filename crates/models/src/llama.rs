@@ -234,6 +234,8 @@ pub struct Llama {
     checkpointing: Option<Gradients>,
 }
 
+clinstruct_nn::impl_checkpointed!(Llama);
+
 impl Llama {
     /// A `LlamaForCausalLM` checkpoint: `model.*` and `lm_head.weight`.
     pub fn load(cfg: &Config, w: &Weights) -> Result<Llama> {
@@ -281,23 +283,6 @@ impl Llama {
             spec: spec.clone(),
             checkpointing: None,
         })
-    }
-
-    /// Gradient checkpointing per decoder layer in full-sequence forwards (see
-    /// `clinstruct_nn::checkpoint`); layer parameter gradients reach candle's `GradStore`
-    /// through [`Self::gradients`].
-    pub fn set_gradient_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on.then(Gradients::new);
-    }
-
-    pub fn gradient_checkpointing(&self) -> bool {
-        self.checkpointing.is_some()
-    }
-
-    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
-    /// gives every gradient, with or without checkpointing.
-    pub fn gradients(&self) -> Gradients {
-        self.checkpointing.clone().unwrap_or_default()
     }
 
     pub fn spec(&self) -> &LlamaSpec {

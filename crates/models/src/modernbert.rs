@@ -884,6 +884,8 @@ pub struct ModernBert {
     checkpointing: Option<Gradients>,
 }
 
+clinstruct_nn::impl_checkpointed!(ModernBert);
+
 impl ModernBert {
     /// Loads the backbone from `w` (safetensors or a `VarMap`), under `model.` when the source
     /// has it. Every tensor must exist with the shape `cfg` implies.
@@ -931,23 +933,6 @@ impl ModernBert {
             device: w.device().clone(),
             checkpointing: None,
         })
-    }
-
-    /// Gradient checkpointing per layer: each layer's activations are dropped after its
-    /// forward and recomputed in the backward pass (dropout masks replayed). Gradients of the
-    /// layers' parameters then reach candle's `GradStore` through [`Self::gradients`].
-    pub fn set_gradient_checkpointing(&mut self, on: bool) {
-        self.checkpointing = on.then(Gradients::new);
-    }
-
-    pub fn gradient_checkpointing(&self) -> bool {
-        self.checkpointing.is_some()
-    }
-
-    /// Where checkpointed layers put their parameter gradients; `gradients().backward(&loss)`
-    /// gives every gradient, with or without checkpointing.
-    pub fn gradients(&self) -> Gradients {
-        self.checkpointing.clone().unwrap_or_default()
     }
 
     /// Reads `config.json` and the safetensors of a checkpoint; errors name the file.

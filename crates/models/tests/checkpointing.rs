@@ -11,6 +11,7 @@ use clinstruct_models::CausalLm;
 use clinstruct_models::llama::{self, Llama};
 use clinstruct_models::modernbert::{Config, ModernBert};
 use clinstruct_nn::Weights;
+use clinstruct_nn::checkpoint::Checkpointed;
 use clinstruct_nn::dropout;
 
 fn fixtures() -> PathBuf {

@@ -24,6 +24,47 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor,
 
 use crate::dropout;
 
+/// A model whose layers can be checkpointed. It keeps an optional [`Gradients`] store, set
+/// while checkpointing is on: checkpointed layers put their parameter gradients there, and
+/// `gradients().backward(&loss)` gives every gradient, with or without checkpointing.
+pub trait Checkpointed {
+    /// The store (`None`: checkpointing off).
+    fn checkpoint_store(&self) -> &Option<Gradients>;
+
+    fn checkpoint_store_mut(&mut self) -> &mut Option<Gradients>;
+
+    /// Each layer's activations are dropped after its forward and recomputed in the backward
+    /// pass (dropout masks replayed).
+    fn set_gradient_checkpointing(&mut self, on: bool) {
+        *self.checkpoint_store_mut() = on.then(Gradients::new);
+    }
+
+    fn gradient_checkpointing(&self) -> bool {
+        self.checkpoint_store().is_some()
+    }
+
+    /// Where checkpointed layers put their parameter gradients (an empty store when off).
+    fn gradients(&self) -> Gradients {
+        self.checkpoint_store().clone().unwrap_or_default()
+    }
+}
+
+/// Implements [`Checkpointed`] for a model with a `checkpointing: Option<Gradients>` field.
+#[macro_export]
+macro_rules! impl_checkpointed {
+    ($t:ty) => {
+        impl $crate::checkpoint::Checkpointed for $t {
+            fn checkpoint_store(&self) -> &Option<$crate::checkpoint::Gradients> {
+                &self.checkpointing
+            }
+
+            fn checkpoint_store_mut(&mut self) -> &mut Option<$crate::checkpoint::Gradients> {
+                &mut self.checkpointing
+            }
+        }
+    };
+}
+
 /// Parameter gradients produced by checkpointed blocks during a backward pass. Clones share
 /// the store.
 #[derive(Clone, Default)]

@@ -15,6 +15,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clinstruct_models::modernbert::{Config, ModernBert};
+use clinstruct_nn::checkpoint::Checkpointed;
 use clinstruct_nn::{Linear, Weights};
 use clinstruct_train::{AdamW, AdamWConfig, Head, HeadNorm, masked_multi_head_loss};
 

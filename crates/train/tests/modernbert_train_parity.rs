@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clinstruct_models::modernbert::{Config, ModernBert, Pooling, pool};
+use clinstruct_nn::checkpoint::Checkpointed;
 use clinstruct_nn::{Linear, Weights};
 use clinstruct_train::{
     AdamW, AdamWConfig, Head, HeadNorm, LrSchedule, clip_grad_norm, masked_multi_head_loss,

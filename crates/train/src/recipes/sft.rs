@@ -15,6 +15,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 use clinstruct_data::table::Table;
 use clinstruct_models::{AnyCausalLm, ChatMessage, Tokenizer};
+use clinstruct_nn::checkpoint::Checkpointed;
 use clinstruct_nn::dropout;
 use clinstruct_nn::lora::{LinearPlan, PeftMeta};
 
