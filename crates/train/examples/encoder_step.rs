@@ -19,6 +19,9 @@ use clinstruct_nn::checkpoint::Checkpointed;
 use clinstruct_nn::{Linear, Weights};
 use clinstruct_train::{AdamW, AdamWConfig, Head, HeadNorm, masked_multi_head_loss};
 
+mod common;
+use common::status_mb;
+
 struct Args {
     len: usize,
     steps: usize,
@@ -53,16 +56,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// A `/proc/self/status` field in MiB (Linux).
-fn status_mb(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 const HIDDEN: usize = 1024;

@@ -15,6 +15,9 @@ use clinstruct_nn::lora::{AdapterControl, Lora, LoraConfig, Targets};
 use clinstruct_nn::quant::nf4::Nf4Config;
 use rand::SeedableRng;
 
+mod common;
+use common::{arg, status_mb};
+
 const HIDDEN: usize = 2048;
 const INTER: usize = 8192;
 const KV: usize = 512;
@@ -27,24 +30,6 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-}
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn linear(inp: usize, out: usize, base: &str, seed: u64) -> Result<Linear> {
@@ -137,7 +122,7 @@ fn main() -> Result<()> {
          \"threads\": {}, \"alloc_tuned\": {tuned}}}",
         median(&mut fwd),
         median(&mut bwd),
-        peak_rss_mb(),
+        status_mb("VmHWM:"),
         rayon::current_num_threads()
     );
     Ok(())

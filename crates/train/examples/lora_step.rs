@@ -30,20 +30,15 @@ use clinstruct_nn::{LinearHook, Weights};
 use clinstruct_train::{AdamW, AdamWConfig, causal_lm_loss_on_hidden, clip_coefficient, grad_norm};
 use rayon::prelude::*;
 
+mod common;
+use common::{arg, status_mb};
+
 const HIDDEN: usize = 2048;
 const INTER: usize = 8192;
 const HEADS: usize = 32;
 const KV_HEADS: usize = 8;
 const HEAD_DIM: usize = 64;
 const VOCAB: usize = 128_256;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
-}
 
 fn num(name: &str, default: &str) -> usize {
     arg(name, default)
@@ -164,18 +159,6 @@ fn rusage() -> (f64, f64) {
         }
     }
     (f64::NAN, f64::NAN)
-}
-
-/// A `/proc/self/status` size in MiB: `VmRSS` (current) or `VmHWM` (peak since start or
-/// since [`reset_peak`]).
-fn status_mb(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 /// Resets `VmHWM` to the current RSS (Linux `clear_refs`), so the peak of the steps alone can be
