@@ -798,8 +798,8 @@ mod tests {
     }
 
     /// Against `scaled_dot_product` with the dense mask: outputs at rows that see a key, and
-    /// gradients of a loss over those rows, within 1e-5; rows that see nothing are exactly 0
-    /// and receive no gradient.
+    /// gradients of a loss over those rows (relative to their scale), within 1e-5; rows that
+    /// see nothing are exactly 0 and receive no gradient.
     #[test]
     fn equals_dense_attention_with_every_mask() -> Result<()> {
         let dev = Device::Cpu;
@@ -835,8 +835,14 @@ mod tests {
             let gf = (&yf * &wf)?.sum_all()?.backward()?;
             for (which, t) in [("q", &q), ("k", &k), ("v", &v)] {
                 let (a, r) = (gf.get(t).unwrap(), gd.get(t).unwrap());
-                let diff = max_abs(&(a - r)?);
-                assert!(diff < 1e-5, "{}: d{which} differs by {diff}", case.name);
+                // Relative to the gradient's scale: inputs are unseeded and the sums of
+                // 200-key rows reach ~10, where f32 rounding alone passes 1e-5 absolute.
+                let diff = max_abs(&(a - r)?) / max_abs(r).max(1.0);
+                assert!(
+                    diff < 1e-5,
+                    "{}: d{which} differs by {diff} (rel)",
+                    case.name
+                );
                 let norm = max_abs(a);
                 assert!(norm.is_finite(), "{}: d{which} not finite", case.name);
                 let constant_probs = case.span == Span::Band { half_width: 0 };
@@ -936,7 +942,8 @@ mod tests {
         Ok(())
     }
 
-    /// Band attention against the blocked banded path: values and gradients within 1e-5.
+    /// Band attention against the blocked banded path: values and gradients (relative to their
+    /// scale) within 1e-5.
     #[test]
     fn equals_banded_attention() -> Result<()> {
         let dev = Device::Cpu;
@@ -970,8 +977,9 @@ mod tests {
         let gb = (&yb * &w)?.sum_all()?.backward()?;
         let gf = (&yf * &w)?.sum_all()?.backward()?;
         for t in [&q, &k, &v] {
-            let diff = max_abs(&(gb.get(t).unwrap() - gf.get(t).unwrap())?);
-            assert!(diff < 1e-5, "{diff}");
+            let (a, r) = (gf.get(t).unwrap(), gb.get(t).unwrap());
+            let diff = max_abs(&(a - r)?) / max_abs(r).max(1.0);
+            assert!(diff < 1e-5, "{diff} (rel)");
         }
         Ok(())
     }
