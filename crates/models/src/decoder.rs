@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use candle_core::quantized::QTensor;
 use candle_core::{D, DType, Device, Result, Tensor};
 use clinstruct_nn::attention::flash::{self, Span, flash_attention};
+use clinstruct_nn::attention::layout::{RopeRows, merge_heads, split_heads};
 use clinstruct_nn::attention::{
     AttentionOpts, MaskKind, build_mask, round_f16, scaled_dot_product, scaled_dot_product_f16_kv,
 };
@@ -468,18 +469,41 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let s = &self.spec;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            t.reshape((b, l, n, s.head_dim))?.transpose(1, 2)
+        let rows = RopeRows::new(cos, sin)?;
+        // `(b, L, n·d)` → `(b, n, L, d)`, rotated or not: one pass on the CPU in f32.
+        let heads = |t: Tensor, n: usize, norm: Option<&RmsNorm>, rotate: bool| -> Result<Tensor> {
+            // The norm is per head row, so it runs before the layout change.
+            let t = match norm {
+                Some(norm) => norm.forward(&t.reshape((b, l, n, s.head_dim))?)?.reshape((
+                    b,
+                    l,
+                    n * s.head_dim,
+                ))?,
+                None => t,
+            };
+            if let Some(y) = split_heads(&t, 1, n, usize::from(rotate), rows.as_ref())? {
+                return y.squeeze(0);
+            }
+            let y = t.reshape((b, l, n, s.head_dim))?.transpose(1, 2)?;
+            if rotate {
+                apply_rotary(&y, cos, sin)
+            } else {
+                y.contiguous()
+            }
         };
-        let mut q = heads(self.q_proj.forward(x)?, s.num_heads)?;
-        let mut k = heads(self.k_proj.forward(x)?, s.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, s.num_kv_heads)?.contiguous()?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
-        let mut q = apply_rotary(&q, cos, sin)?;
-        let k = apply_rotary(&k, cos, sin)?;
+        let mut q = heads(
+            self.q_proj.forward(x)?,
+            s.num_heads,
+            self.q_norm.as_ref(),
+            true,
+        )?;
+        let k = heads(
+            self.k_proj.forward(x)?,
+            s.num_kv_heads,
+            self.k_norm.as_ref(),
+            true,
+        )?;
+        let v = heads(self.v_proj.forward(x)?, s.num_kv_heads, None, false)?;
         if let Some(f) = q_scale {
             q = q.broadcast_mul(f)?;
         }
@@ -518,9 +542,12 @@ impl Attention {
                 sdpa(&q, &k, &v, Some(&masks.get(s.window)?), opts)?
             }
         };
-        let y = y
-            .transpose(1, 2)?
-            .reshape((b, l, s.num_heads * s.head_dim))?;
+        let y = match merge_heads(&y)? {
+            Some(y) => y,
+            None => y
+                .transpose(1, 2)?
+                .reshape((b, l, s.num_heads * s.head_dim))?,
+        };
         self.o_proj.forward(&y)
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use candle_core::{D, DType, Device, Tensor};
 use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
 use clinstruct_nn::attention::flash::{Span, flash_attention, key_padding};
+use clinstruct_nn::attention::layout::{RopeRows, merge_heads, split_heads};
 use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
 use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
 use clinstruct_nn::dropout::next_seed;
@@ -554,48 +555,34 @@ enum LocalMask {
     Unused,
 }
 
-/// cos and sin `(1, 1, L, d)` in f32 for one attention type, and the same values as flat
-/// `(L, d)` rows for [`QkvRope`].
+/// cos and sin `(1, 1, L, d)` in f32 for one attention type, and the same values as rows for
+/// [`split_heads`] (on the CPU).
 struct RopeTable {
     cos: Tensor,
     sin: Tensor,
-    flat: Arc<(Vec<f32>, Vec<f32>)>,
+    rows: Option<RopeRows>,
 }
 
 impl RopeTable {
     fn new(rope: &RotaryEmbedding, positions: &Tensor) -> candle_core::Result<RopeTable> {
         let (cos, sin) = rope.cos_sin(positions, DType::F32)?;
-        let flat = (
-            cos.flatten_all()?.to_vec1::<f32>()?,
-            sin.flatten_all()?.to_vec1::<f32>()?,
-        );
-        Ok(RopeTable {
-            cos,
-            sin,
-            flat: Arc::new(flat),
-        })
+        let rows = RopeRows::new(&cos, &sin)?;
+        Ok(RopeTable { cos, sin, rows })
     }
 }
 
 /// Wqkv's output `(b, L, 3·hidden)` → rotated q, rotated k and v, each `(b, heads, L, d)`.
 ///
 /// transformers rotates in f32 whatever the model dtype. On CPU in f32 this is one pass
-/// ([`QkvRope`]) instead of the split, transposes, contiguous copies and the five ops of
+/// ([`split_heads`]) instead of the split, transposes, contiguous copies and the five ops of
 /// `apply_rotary` on strided views (10% of a 2,048-token forward); elsewhere it is those ops.
 fn split_qkv_rotate(
     qkv: &Tensor,
     heads: usize,
     rope: &RopeTable,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
-    if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
-        let all = qkv.contiguous()?.apply_op1(QkvRope {
-            heads,
-            table: rope.flat.clone(),
-            cos: rope.cos.clone(),
-            sin: rope.sin.clone(),
-        })?;
-        let part = |i: usize| all.narrow(0, i, 1)?.squeeze(0);
-        return Ok((part(0)?, part(1)?, part(2)?));
+    if let Some(all) = split_heads(qkv, 3, heads, 2, rope.rows.as_ref())? {
+        return Ok((all.get(0)?, all.get(1)?, all.get(2)?));
     }
     split_qkv_rotate_ops(qkv, heads, rope)
 }
@@ -613,113 +600,6 @@ fn split_qkv_rotate_ops(
     let rotate =
         |t: Tensor| apply_rotary(&t.to_dtype(DType::F32)?, &rope.cos, &rope.sin)?.to_dtype(dtype);
     Ok((rotate(part(0)?)?, rotate(part(1)?)?, part(2)?.contiguous()?))
-}
-
-/// `(b, L, 3·h·d)` → `(3, b, h, L, d)`: q and k rotated (`x·cos + rotate_half(x)·sin`), v copied.
-struct QkvRope {
-    heads: usize,
-    /// cos and sin rows `(L, d)`.
-    table: Arc<(Vec<f32>, Vec<f32>)>,
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl candle_core::CustomOp1 for QkvRope {
-    fn name(&self) -> &'static str {
-        "clinstruct-modernbert-qkv-rope"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let candle_core::CpuStorage::F32(data) = storage else {
-            candle_core::bail!("qkv rope: f32 only");
-        };
-        let (Some((start, end)), &[b, l, three_h]) = (layout.contiguous_offsets(), layout.dims())
-        else {
-            candle_core::bail!("qkv rope: contiguous (b, L, 3·hidden) input only");
-        };
-        let x = &data[start..end];
-        let h = self.heads;
-        let d = three_h / 3 / h;
-        let half = d / 2;
-        let (cos, sin) = (&self.table.0, &self.table.1);
-        if cos.len() != l * d {
-            candle_core::bail!(
-                "qkv rope: table for {} positions, input has {l}",
-                cos.len() / d
-            );
-        }
-        // One output row block per (part, batch, head): L rows of d values.
-        let mut out = vec![0f32; x.len()];
-        let threads = candle_core::utils::get_num_threads().max(1);
-        let blocks = 3 * b * h;
-        let per = blocks.div_ceil(threads) * l * d;
-        std::thread::scope(|scope| {
-            for (ci, chunk) in out.chunks_mut(per).enumerate() {
-                scope.spawn(move || {
-                    let first = ci * per / (l * d);
-                    for (bi_local, dst) in chunk.chunks_exact_mut(l * d).enumerate() {
-                        let blk = first + bi_local;
-                        let (part, rest) = (blk / (b * h), blk % (b * h));
-                        let (bi, hi) = (rest / h, rest % h);
-                        for t in 0..l {
-                            let src = &x[(bi * l + t) * three_h + (part * h + hi) * d..][..d];
-                            let row = &mut dst[t * d..(t + 1) * d];
-                            if part == 2 {
-                                row.copy_from_slice(src);
-                                continue;
-                            }
-                            let (c, s) = (&cos[t * d..(t + 1) * d], &sin[t * d..(t + 1) * d]);
-                            let (lo, hi_half) = row.split_at_mut(half);
-                            for j in 0..half {
-                                let (x1, x2) = (src[j], src[j + half]);
-                                lo[j] = x1 * c[j] - x2 * s[j];
-                                hi_half[j] = x2 * c[j + half] + x1 * s[j + half];
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from((3, b, h, l, d)),
-        ))
-    }
-
-    /// The rotation is orthogonal: `dx = g·cos + rotate_halfᵀ(g·sin)` with
-    /// `rotate_halfᵀ([z1, z2]) = [z2, -z1]`, then the layout change undone.
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (_, b, h, l, d) = grad.dims5()?;
-        let half = d / 2;
-        let unrotate = |g: Tensor| -> candle_core::Result<Tensor> {
-            let gs = g.broadcast_mul(&self.sin)?;
-            let back = Tensor::cat(
-                &[
-                    &gs.narrow(D::Minus1, half, d - half)?,
-                    &gs.narrow(D::Minus1, 0, half)?.neg()?,
-                ],
-                D::Minus1,
-            )?;
-            g.broadcast_mul(&self.cos)? + back
-        };
-        let part = |i: usize| grad.narrow(0, i, 1)?.squeeze(0);
-        let g = Tensor::stack(&[unrotate(part(0)?)?, unrotate(part(1)?)?, part(2)?], 0)?;
-        // (3, b, h, L, d) → (b, L, 3, h, d) → (b, L, 3·h·d)
-        Ok(Some(
-            g.permute((1, 3, 0, 2, 4))?
-                .contiguous()?
-                .reshape((b, l, 3 * h * d))?,
-        ))
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -791,7 +671,10 @@ impl Attention {
                 }
             },
         };
-        let y = y.transpose(1, 2)?.reshape((b, l, hidden))?;
+        let y = match merge_heads(&y)? {
+            Some(y) => y,
+            None => y.transpose(1, 2)?.reshape((b, l, hidden))?,
+        };
         dropout(&self.wo.forward(&y)?, self.dropout, train)
     }
 }

@@ -8,6 +8,7 @@ use candle_core::{D, DType, Device, Result, Tensor};
 
 pub mod banded;
 pub mod flash;
+pub mod layout;
 
 /// The masked-out score. Finite in f32, bf16 and f16 alike.
 pub const MASKED: f32 = -1e4 * 6.5; // below any real score after scaling, above f16's minimum
