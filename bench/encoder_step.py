@@ -63,19 +63,25 @@ def torch_side(attn: str, seq_len: int, layers: int, steps: int, threads: int) -
     mask = torch.ones_like(ids)
     labels = [torch.tensor([2]), torch.tensor([1]), torch.tensor([0])]
     baseline = status_mb("VmRSS:")
-    times = []
+    times, phases = [], []
     for _ in range(steps):
         t = time.perf_counter()
         h = model(input_ids=ids, attention_mask=mask).last_hidden_state
         cls = drop(h[:, 0])
         loss = sum(torch.nn.functional.cross_entropy(hd(cls), y) for hd, y in zip(heads, labels))
+        tf = time.perf_counter() - t
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        tb = time.perf_counter() - t
         opt.step()
         times.append(time.perf_counter() - t)
+        phases.append((tf, tb - tf, times[-1] - tb))
     return {
         "side": f"torch-{attn}", "len": seq_len, "layers": layers, "threads": threads,
         "median_s": statistics.median(times), "times_s": times,
+        "fwd_s": statistics.median(p[0] for p in phases),
+        "bwd_s": statistics.median(p[1] for p in phases),
+        "opt_s": statistics.median(p[2] for p in phases),
         "baseline_mb": baseline, "peak_mb": status_mb("VmHWM:"),
         "attn_implementation": model.config._attn_implementation,
     }
@@ -104,6 +110,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--lens", default="1024,4096")
     ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every side this many times (alternating order); medians over rounds")
     ap.add_argument("--rust-bin", default=str(REPO / "target/release/examples/encoder_step"))
     ap.add_argument("--torch-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--table-from", default=None,
@@ -122,8 +130,10 @@ def main() -> None:
         subprocess.run(["cargo", "build", "--release", "-p", "clinstruct-train", "--example",
                         "encoder_step"], cwd=REPO, check=True)
     rows = []
-    for n in lens:
-        for side in ["clinstruct", "clinstruct+ckpt", "eager", "sdpa"]:
+    for r_i, n in [(r_i, n) for r_i in range(a.rounds) for n in lens]:
+        sides = ["clinstruct", "clinstruct+ckpt", "eager", "sdpa"]
+        # Alternate the order between rounds, so a change of load hits both sides.
+        for side in sides if r_i % 2 == 0 else sides[::-1]:
             if side.startswith("clinstruct"):
                 r = run_rust(a.rust_bin, n, a.layers, a.steps, a.threads, side.endswith("ckpt"))
                 r["side"] = side
@@ -134,8 +144,28 @@ def main() -> None:
     table(rows, lens, a)
 
 
+def merge_rounds(rows: list) -> list:
+    """One row per (len, side): the median of each number over the rounds."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["len"], r["side"]), []).append(r)
+    merged = []
+    for (n, side), rs in out.items():
+        m = dict(rs[0])
+        for key in ["median_s", "peak_mb", "baseline_mb", "fwd_s", "bwd_s", "opt_s"]:
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                m[key] = statistics.median(vals)
+        m["rounds"] = len(rs)
+        merged.append(m)
+    return merged
+
+
 def table(rows: list, lens: list, a) -> None:
-    print(f"\n{a.layers} layers, batch 1, {a.threads} threads, median of {a.steps} steps\n")
+    rows = merge_rounds(rows)
+    rounds = max(r["rounds"] for r in rows)
+    print(f"\n{a.layers} layers, batch 1, {a.threads} threads, median of {a.steps} steps"
+          f"{f', median over {rounds} rounds' if rounds > 1 else ''}\n")
     print("| tokens | side | step s | peak MiB | baseline MiB | step MiB | time vs eager | time vs sdpa | peak vs eager | step MiB vs eager |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for n in lens:
@@ -148,6 +178,11 @@ def table(rows: list, lens: list, a) -> None:
                   f"| {step_mb:.0f} | {r['median_s'] / eager['median_s']:.2f}x "
                   f"| {r['median_s'] / sdpa['median_s']:.2f}x | {r['peak_mb'] / eager['peak_mb']:.2f}x "
                   f"| {step_mb / e_step:.2f}x |")
+    print("\nphases (s, forward / backward / optimiser):")
+    for n in lens:
+        for r in rows:
+            if r["len"] == n and "fwd_s" in r:
+                print(f"  {n:>5} {r['side']:<16} {r['fwd_s']:.3f} / {r['bwd_s']:.3f} / {r['opt_s']:.3f}")
 
 
 if __name__ == "__main__":

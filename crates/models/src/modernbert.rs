@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor};
 use clinstruct_nn::attention::banded::{BandMask, banded_attention, chunked_attention};
-use clinstruct_nn::attention::flash::{Span, flash_attention, key_padding};
+use clinstruct_nn::attention::flash::{Span, flash_attention, flash_attention_packed, key_padding};
 use clinstruct_nn::attention::layout::{RopeRows, merge_heads, split_heads};
 use clinstruct_nn::attention::{AttentionOpts, MASKED, MaskKind, build_mask};
 use clinstruct_nn::checkpoint::{Block, Gradients, checkpoint_seeded};
@@ -576,15 +576,29 @@ impl RopeTable {
 /// transformers rotates in f32 whatever the model dtype. On CPU in f32 this is one pass
 /// ([`split_heads`]) instead of the split, transposes, contiguous copies and the five ops of
 /// `apply_rotary` on strided views (10% of a 2,048-token forward); elsewhere it is those ops.
-fn split_qkv_rotate(
-    qkv: &Tensor,
-    heads: usize,
-    rope: &RopeTable,
-) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+fn split_qkv_rotate(qkv: &Tensor, heads: usize, rope: &RopeTable) -> candle_core::Result<Qkv> {
     if let Some(all) = split_heads(qkv, 3, heads, 2, rope.rows.as_ref())? {
-        return Ok((all.get(0)?, all.get(1)?, all.get(2)?));
+        return Ok(Qkv::Packed(all));
     }
-    split_qkv_rotate_ops(qkv, heads, rope)
+    let (q, k, v) = split_qkv_rotate_ops(qkv, heads, rope)?;
+    Ok(Qkv::Parts(q, k, v))
+}
+
+/// q, k and v of one attention call, each `(b, heads, L, d)`.
+enum Qkv {
+    /// `(3, b, heads, L, d)` from [`split_heads`]; [`flash_attention_packed`] takes it whole,
+    /// so the backward hands one packed gradient to the split.
+    Packed(Tensor),
+    Parts(Tensor, Tensor, Tensor),
+}
+
+impl Qkv {
+    fn parts(&self) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        match self {
+            Qkv::Packed(all) => Ok((all.get(0)?, all.get(1)?, all.get(2)?)),
+            Qkv::Parts(q, k, v) => Ok((q.clone(), k.clone(), v.clone())),
+        }
+    }
 }
 
 fn split_qkv_rotate_ops(
@@ -635,7 +649,7 @@ impl Attention {
             LayerType::Global => &ctx.global_rope,
             LayerType::Local => &ctx.local_rope,
         };
-        let (q, k, v) = split_qkv_rotate(&self.wqkv.forward(x)?, self.heads, rope)?;
+        let qkv = split_qkv_rotate(&self.wqkv.forward(x)?, self.heads, rope)?;
         let opts = AttentionOpts {
             scale: 1.0 / (self.head_dim as f64).sqrt(),
             softcap: None,
@@ -650,26 +664,32 @@ impl Attention {
                         half_width: ctx.half_width,
                     },
                 };
-                flash_attention(&q, &k, &v, span, pad.as_ref(), opts)?
+                match &qkv {
+                    Qkv::Packed(all) => flash_attention_packed(all, span, pad.as_ref(), opts)?,
+                    Qkv::Parts(q, k, v) => flash_attention(q, k, v, span, pad.as_ref(), opts)?,
+                }
             }
             _ => None,
         };
         let y = match flash {
             Some(y) => y,
-            None => match (kind, &ctx.local) {
-                (LayerType::Local, LocalMask::Banded(band)) => {
-                    banded_attention(&q, &k, &v, band, opts, p_drop)?
+            None => {
+                let (q, k, v) = qkv.parts()?;
+                match (kind, &ctx.local) {
+                    (LayerType::Local, LocalMask::Banded(band)) => {
+                        banded_attention(&q, &k, &v, band, opts, p_drop)?
+                    }
+                    (LayerType::Local, LocalMask::Dense(mask)) => {
+                        chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
+                    }
+                    (LayerType::Local, LocalMask::Unused) => {
+                        candle_core::bail!("local layer without a local mask")
+                    }
+                    (LayerType::Global, _) => {
+                        chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
+                    }
                 }
-                (LayerType::Local, LocalMask::Dense(mask)) => {
-                    chunked_attention(&q, &k, &v, Some(mask), opts, p_drop)?
-                }
-                (LayerType::Local, LocalMask::Unused) => {
-                    candle_core::bail!("local layer without a local mask")
-                }
-                (LayerType::Global, _) => {
-                    chunked_attention(&q, &k, &v, ctx.global_mask.as_ref(), opts, p_drop)?
-                }
-            },
+            }
         };
         let y = match merge_heads(&y)? {
             Some(y) => y,
@@ -1014,7 +1034,7 @@ mod tests {
         let rope = RotaryEmbedding::new(d, 1000.0, &RopeScaling::Default, 64);
         let table = RopeTable::new(&rope, &RotaryEmbedding::positions(1, l, 0, &dev)?)?;
         let qkv = Var::randn(0f32, 1., (b, l, 3 * heads * d), &dev)?;
-        let fused = split_qkv_rotate(qkv.as_tensor(), heads, &table)?;
+        let fused = split_qkv_rotate(qkv.as_tensor(), heads, &table)?.parts()?;
         let ops = split_qkv_rotate_ops(qkv.as_tensor(), heads, &table)?;
         let w = Tensor::randn(0f32, 1., (b, heads, l, d), &dev)?;
         let loss = |(q, k, v): &(Tensor, Tensor, Tensor)| -> candle_core::Result<Tensor> {

@@ -4,7 +4,10 @@
 //! left operand, and row-major. What the quantized bases' tile size (`frozen::tile_rows`) and
 //! the layouts of `frozen::xwt_colmajor` are chosen from.
 //!
-//! RAYON_NUM_THREADS=2 cargo run --release -p clinstruct-nn --example gemm_shapes
+//! `--rows` and `--k` change the token count (256) and the input width (2048); the last line
+//! per shape times `dense::matmul_t`, which picks its layout by the number of rows.
+//!
+//! RAYON_NUM_THREADS=2 cargo run --release -p clinstruct-nn --example gemm_shapes [--rows 1024 --k 1024]
 
 use std::time::Instant;
 
@@ -61,8 +64,28 @@ fn time(
     })
 }
 
+/// `--name value` from the command line, or the default.
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+/// Best of 5 seconds for [`clinstruct_nn::dense::matmul_t`] (what the models run, layout
+/// changes and allocation included).
+fn time_matmul_t(m: usize, n: usize, k: usize) -> f64 {
+    use candle_core::{Device, Tensor, Var};
+    let x = Tensor::full(0.5f32, (m, k), &Device::Cpu).unwrap();
+    let w = Var::from_tensor(&Tensor::full(0.25f32, (n, k), &Device::Cpu).unwrap()).unwrap();
+    best(5, || {
+        clinstruct_nn::dense::matmul_t(&x, w.as_tensor()).unwrap();
+    })
+}
+
 fn main() {
-    let (m, k) = (256usize, 2048usize);
+    let (m, k) = (arg("--rows", 256), arg("--k", 2048));
     let x = vec![0.5f32; m * k];
     let xt: Vec<f32> = (0..m * k).map(|i| x[(i % m) * k + i / m]).collect();
     for n in [64usize, 128, 256, 512, 1024, 2048, 4096, 8192] {
@@ -88,6 +111,12 @@ fn main() {
                 fl / t4,
                 fl / t2,
                 fl / t3
+            );
+        }
+        if rayon::current_num_threads() > 1 {
+            println!(
+                "n={n} dense::matmul_t: {:.0} GFLOP/s",
+                fl / time_matmul_t(m, n, k)
             );
         }
     }

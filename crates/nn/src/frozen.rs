@@ -206,6 +206,13 @@ fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         .transpose()
 }
 
+/// Rows from which [`dense_cpu_values`] runs gemm on the row-major operands as they are: the
+/// column-major path ([`xwt_colmajor`]) wins at 256 rows but its two transposes cost more
+/// than they save from 512 on (2 threads, Llama-1B and ModernBERT-large shapes: 512 rows
+/// 204–273 against 164–252 GFLOP/s, 1024 rows 266–300 against 186–240;
+/// `examples/gemm_shapes.rs --rows N`).
+const ROW_MAJOR_FROM: usize = 512;
+
 /// The values of `x (rows, in) · Wᵀ` on the CPU in f32 (row-major), `None` for other devices
 /// and dtypes.
 pub(crate) fn dense_cpu_values(x: &Tensor, w: &Tensor) -> Result<Option<Vec<f32>>> {
@@ -220,6 +227,18 @@ pub(crate) fn dense_cpu_values(x: &Tensor, w: &Tensor) -> Result<Option<Vec<f32>
     let x = x.detach().contiguous()?;
     Ok(cpu::with_slice::<f32, _>(&x, |xs| {
         cpu::with_slice::<f32, _>(&w.detach(), |ws| {
+            if rows >= ROW_MAJOR_FROM {
+                let mut y = vec![0f32; rows * out_dim];
+                cpu::gemm_f32(
+                    (rows, out_dim, in_dim),
+                    (&mut y, out_dim, false),
+                    (xs, (in_dim, 1)),
+                    (ws, (1, in_dim)),
+                    1.0,
+                    gemm::Parallelism::Rayon(rayon::current_num_threads()),
+                );
+                return y;
+            }
             let mut yt: Vec<f32> = Vec::with_capacity(rows * out_dim);
             let dst = yt.spare_capacity_mut().as_mut_ptr() as *mut f32;
             // SAFETY: `xs` is rows × in, `ws` out × in and `yt` out × rows; the gemm writes

@@ -144,6 +144,7 @@ fn main() -> Result<()> {
     let labels: [&[i64]; 3] = [&[2], &[1], &[0]];
     let baseline = status_mb("VmRSS:");
     let mut times = Vec::new();
+    let mut phases = Vec::new();
     for _ in 0..a.steps {
         let start = Instant::now();
         let h = model.forward_t(&ids, None, true)?;
@@ -160,10 +161,20 @@ fn main() -> Result<()> {
             })
             .collect();
         let loss = masked_multi_head_loss(&hs, HeadNorm::Count)?.total;
+        let tf = start.elapsed().as_secs_f64();
         let grads = model.gradients().backward(&loss)?;
+        let tb = start.elapsed().as_secs_f64();
         opt.step(&grads)?;
-        times.push(start.elapsed().as_secs_f64());
+        let total = start.elapsed().as_secs_f64();
+        times.push(total);
+        phases.push([tf, tb - tf, total - tb]);
     }
+    // Per phase, the median over steps.
+    let phase = |i: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     println!(
@@ -176,6 +187,9 @@ fn main() -> Result<()> {
             "threads": rayon::current_num_threads(),
             "median_s": sorted[sorted.len() / 2],
             "times_s": times,
+            "fwd_s": phase(0),
+            "bwd_s": phase(1),
+            "opt_s": phase(2),
             "baseline_mb": baseline,
             "peak_mb": status_mb("VmHWM:"),
         })

@@ -21,7 +21,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use rayon::prelude::*;
 
 use super::AttentionOpts;
@@ -88,38 +90,40 @@ pub fn flash_attention(
     if opts.softcap.is_some() || !q.device().is_cpu() {
         return Ok(None);
     }
-    let (b, h, lq, d) = q.dims4()?;
-    let (kb, hkv, lk, kd) = k.dims4()?;
-    if v.dims() != k.dims() || kb != b || kd != d {
-        candle_core::bail!(
-            "flash attention: q {:?}, k {:?} and v {:?} do not fit (b, h, L, d)",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
-    if hkv == 0 || !h.is_multiple_of(hkv) || lq > lk {
-        candle_core::bail!(
-            "flash attention: {h} query heads over {hkv} kv heads, {lq} queries over {lk} keys"
-        );
-    }
-    if let Some(p) = key_padding
-        && p.len() != b * lk
-    {
-        candle_core::bail!(
-            "flash attention: key padding has {} flags, expected batch {b} × {lk} keys",
-            p.len()
-        );
-    }
+    let op = FlashAttention::new(q.dims(), k.dims(), v.dims(), span, key_padding, opts)?;
     let dtype = q.dtype();
     let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    let op = FlashAttention {
-        span,
-        scale: opts.scale as f32,
-        key_padding: key_padding.cloned(),
-        lse: OnceLock::new(),
-    };
     let y = f32c(q)?.apply_op3(&f32c(k)?, &f32c(v)?, op)?;
+    Ok(Some(y.to_dtype(dtype)?))
+}
+
+/// [`flash_attention`] for q, k and v packed as one `(3, b, h, L, d)` tensor, as
+/// [`super::layout::split_heads`] makes them from a fused qkv projection (ModernBERT). The
+/// gradient comes back packed as well: taken apart into three views first, each view's
+/// backward would send a zero-padded gradient of the full packed size, to be summed.
+pub fn flash_attention_packed(
+    qkv: &Tensor,
+    span: Span,
+    key_padding: Option<&Arc<[u8]>>,
+    opts: AttentionOpts,
+) -> Result<Option<Tensor>> {
+    if opts.softcap.is_some() || !qkv.device().is_cpu() {
+        return Ok(None);
+    }
+    let (three, b, h, l, d) = qkv.dims5()?;
+    if three != 3 {
+        candle_core::bail!(
+            "flash attention: packed qkv {:?} is not (3, b, h, L, d)",
+            qkv.dims()
+        );
+    }
+    let dims = [b, h, l, d];
+    let op = FlashAttention::new(&dims, &dims, &dims, span, key_padding, opts)?;
+    let dtype = qkv.dtype();
+    let y = qkv
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1(Packed(op))?;
     Ok(Some(y.to_dtype(dtype)?))
 }
 
@@ -130,6 +134,99 @@ struct FlashAttention {
     /// Per query row `(b, h, Lq)`, written by the forward for the backward: `m + ln l`, or
     /// `+inf` for a row that sees no key (its probabilities then recompute to 0).
     lse: OnceLock<Vec<f32>>,
+}
+
+/// The same op on one packed `(3, b, h, L, d)` input.
+struct Packed(FlashAttention);
+
+impl FlashAttention {
+    /// Checks the shapes of q, k and v (`(b, h, Lq, d)`, `(b, h_kv, Lk, d)` twice).
+    fn new(
+        q: &[usize],
+        k: &[usize],
+        v: &[usize],
+        span: Span,
+        key_padding: Option<&Arc<[u8]>>,
+        opts: AttentionOpts,
+    ) -> Result<FlashAttention> {
+        let (&[b, h, lq, d], &[kb, hkv, lk, kd]) = (q, k) else {
+            candle_core::bail!("flash attention: q {q:?} and k {k:?} are not (b, h, L, d)");
+        };
+        if v != k || kb != b || kd != d {
+            candle_core::bail!(
+                "flash attention: q {q:?}, k {k:?} and v {v:?} do not fit (b, h, L, d)"
+            );
+        }
+        if hkv == 0 || !h.is_multiple_of(hkv) || lq > lk {
+            candle_core::bail!(
+                "flash attention: {h} query heads over {hkv} kv heads, {lq} queries over {lk} keys"
+            );
+        }
+        if let Some(p) = key_padding
+            && p.len() != b * lk
+        {
+            candle_core::bail!(
+                "flash attention: key padding has {} flags, expected batch {b} × {lk} keys",
+                p.len()
+            );
+        }
+        Ok(FlashAttention {
+            span,
+            scale: opts.scale as f32,
+            key_padding: key_padding.cloned(),
+            lse: OnceLock::new(),
+        })
+    }
+
+    fn geom(&self, (h, lq, d): (usize, usize, usize), (hkv, lk): (usize, usize)) -> Geom {
+        Geom {
+            h,
+            hkv,
+            lq,
+            lk,
+            d,
+            span: self.span,
+            scale: self.scale,
+        }
+    }
+
+    /// The output `(b, h, Lq, d)`; keeps the logsumexp rows for the backward.
+    fn forward(&self, b: usize, g: &Geom, q: &[f32], k: &[f32], v: &[f32]) -> Result<Vec<f32>> {
+        let (h, hkv, lq, lk, d) = (g.h, g.hkv, g.lq, g.lk, g.d);
+        let mut out = vec![0f32; b * h * lq * d];
+        let mut lse = vec![f32::INFINITY; b * h * lq];
+        if !out.is_empty() && lk > 0 {
+            let rep = g.rep();
+            out.par_chunks_mut(lq * d)
+                .zip(lse.par_chunks_mut(lq))
+                .enumerate()
+                .for_each(|(bh, (o, l))| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let kv = (bi * hkv + hi / rep) * lk * d;
+                    let keep = self.key_padding.as_deref().map(|p| &p[bi * lk..][..lk]);
+                    forward_head(
+                        g,
+                        &q[bh * lq * d..][..lq * d],
+                        &k[kv..][..lk * d],
+                        &v[kv..][..lk * d],
+                        keep,
+                        o,
+                        l,
+                    );
+                });
+        }
+        self.lse
+            .set(lse)
+            .map_err(|_| candle_core::Error::msg("flash attention: op applied twice"))?;
+        Ok(out)
+    }
+
+    fn lse(&self) -> Result<&[f32]> {
+        match self.lse.get() {
+            Some(lse) => Ok(lse),
+            None => candle_core::bail!("flash attention: backward before forward"),
+        }
+    }
 }
 
 /// Sizes of one call.
@@ -190,40 +287,7 @@ impl CustomOp3 for FlashAttention {
         let (q, k, v) = (cpu_f32(s1, l1)?, cpu_f32(s2, l2)?, cpu_f32(s3, l3)?);
         let (b, h, lq, d) = l1.shape().dims4()?;
         let (_, hkv, lk, _) = l2.shape().dims4()?;
-        let g = Geom {
-            h,
-            hkv,
-            lq,
-            lk,
-            d,
-            span: self.span,
-            scale: self.scale,
-        };
-        let mut out = vec![0f32; b * h * lq * d];
-        let mut lse = vec![f32::INFINITY; b * h * lq];
-        if !out.is_empty() && lk > 0 {
-            let rep = g.rep();
-            out.par_chunks_mut(lq * d)
-                .zip(lse.par_chunks_mut(lq))
-                .enumerate()
-                .for_each(|(bh, (o, l))| {
-                    let (bi, hi) = (bh / h, bh % h);
-                    let kv = (bi * hkv + hi / rep) * lk * d;
-                    let keep = self.key_padding.as_deref().map(|p| &p[bi * lk..][..lk]);
-                    forward_head(
-                        &g,
-                        &q[bh * lq * d..][..lq * d],
-                        &k[kv..][..lk * d],
-                        &v[kv..][..lk * d],
-                        keep,
-                        o,
-                        l,
-                    );
-                });
-        }
-        self.lse
-            .set(lse)
-            .map_err(|_| candle_core::Error::msg("flash attention: op applied twice"))?;
+        let out = self.forward(b, &self.geom((h, lq, d), (hkv, lk)), q, k, v)?;
         Ok((CpuStorage::F32(out), Shape::from((b, h, lq, d))))
     }
 
@@ -235,20 +299,10 @@ impl CustomOp3 for FlashAttention {
         out: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(lse) = self.lse.get() else {
-            candle_core::bail!("flash attention: backward before forward");
-        };
+        let lse = self.lse()?;
         let (b, h, lq, d) = q.dims4()?;
         let (_, hkv, lk, _) = k.dims4()?;
-        let g = Geom {
-            h,
-            hkv,
-            lq,
-            lk,
-            d,
-            span: self.span,
-            scale: self.scale,
-        };
+        let g = self.geom((h, lq, d), (hkv, lk));
         let grad = grad.to_dtype(DType::F32)?.contiguous()?;
         let out = out.contiguous()?;
         let (qs, ql) = q.storage_and_layout();
@@ -256,15 +310,21 @@ impl CustomOp3 for FlashAttention {
         let (vs, vl) = v.storage_and_layout();
         let (os, ol) = out.storage_and_layout();
         let (gs, gl) = grad.storage_and_layout();
-        let (dq, dk, dv) = backward(
+        let mut dq = vec![0f32; b * h * lq * d];
+        let mut dk = vec![0f32; b * hkv * lk * d];
+        let mut dv = vec![0f32; b * hkv * lk * d];
+        backward(
             &g,
-            storage_f32(&qs, ql)?,
-            storage_f32(&ks, kl)?,
-            storage_f32(&vs, vl)?,
+            [
+                storage_f32(&qs, ql)?,
+                storage_f32(&ks, kl)?,
+                storage_f32(&vs, vl)?,
+            ],
             storage_f32(&os, ol)?,
             storage_f32(&gs, gl)?,
             lse,
             self.key_padding.as_deref(),
+            [&mut dq, &mut dk, &mut dv],
         );
         let dev = q.device();
         Ok((
@@ -275,23 +335,66 @@ impl CustomOp3 for FlashAttention {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+impl CustomOp1 for Packed {
+    fn name(&self) -> &'static str {
+        "clinstruct-flash-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let all = cpu_f32(s, l)?;
+        let (_, b, h, len, d) = l.shape().dims5()?;
+        let n = b * h * len * d;
+        let (q, k, v) = (&all[..n], &all[n..2 * n], &all[2 * n..]);
+        let out = self
+            .0
+            .forward(b, &self.0.geom((h, len, d), (h, len)), q, k, v)?;
+        Ok((CpuStorage::F32(out), Shape::from((b, h, len, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let lse = self.0.lse()?;
+        let (_, b, h, len, d) = qkv.dims5()?;
+        let n = b * h * len * d;
+        let g = self.0.geom((h, len, d), (h, len));
+        let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+        let out = out.contiguous()?;
+        let (xs, xl) = qkv.storage_and_layout();
+        let (os, ol) = out.storage_and_layout();
+        let (gs, gl) = grad.storage_and_layout();
+        let all = storage_f32(&xs, xl)?;
+        let mut dall = vec![0f32; 3 * n];
+        let (dq, dkv) = dall.split_at_mut(n);
+        let (dk, dv) = dkv.split_at_mut(n);
+        backward(
+            &g,
+            [&all[..n], &all[n..2 * n], &all[2 * n..]],
+            storage_f32(&os, ol)?,
+            storage_f32(&gs, gl)?,
+            lse,
+            self.0.key_padding.as_deref(),
+            [dq, dk, dv],
+        );
+        Ok(Some(Tensor::from_vec(
+            dall,
+            (3, b, h, len, d),
+            qkv.device(),
+        )?))
+    }
+}
+
+/// dq, dk and dv (zero-filled by the caller) for q, k, v.
 fn backward(
     g: &Geom,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    [q, k, v]: [&[f32]; 3],
     out: &[f32],
     dout: &[f32],
     lse: &[f32],
     padding: Option<&[u8]>,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    [dq, dk, dv]: [&mut [f32]; 3],
+) {
     let (lq, lk, d, rep) = (g.lq, g.lk, g.d, g.rep());
-    let mut dq = vec![0f32; q.len()];
-    let mut dk = vec![0f32; k.len()];
-    let mut dv = vec![0f32; v.len()];
     if dq.is_empty() || dk.is_empty() {
-        return (dq, dk, dv);
+        return;
     }
     // D = rowsum(dO ∘ O), one per query row.
     let dsum: Vec<f32> = dout
@@ -320,7 +423,6 @@ fn backward(
             };
             backward_group(g, &group, dq, dk, dv);
         });
-    (dq, dk, dv)
 }
 
 /// The inputs of one (batch, kv head) backward task.
@@ -981,6 +1083,36 @@ mod tests {
             let diff = max_abs(&(a - r)?) / max_abs(r).max(1.0);
             assert!(diff < 1e-5, "{diff} (rel)");
         }
+        Ok(())
+    }
+
+    /// The packed entry point gives the unpacked op's output, and its packed gradient holds
+    /// the unpacked dq, dk and dv.
+    #[test]
+    fn packed_equals_unpacked() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, h, l, d) = (2, 3, 70, 16);
+        let qkv = Var::randn(0f32, 1.5, (3, b, h, l, d), &dev)?;
+        let pad = key_padding(&Tensor::from_vec(
+            (0..b * l).map(|i| f32::from(u8::from(i % l < [70, 41][i / l]))).collect(),
+            (b, l),
+            &dev,
+        )?)?;
+        let w = Tensor::randn(0f32, 1., (b, h, l, d), &dev)?;
+        for span in [Span::Full, Span::Band { half_width: 20 }] {
+            let o = opts(d);
+            let yp = flash_attention_packed(qkv.as_tensor(), span, Some(&pad), o)?.unwrap();
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let yu = flash_attention(&q, &k, &v, span, Some(&pad), o)?.unwrap();
+            assert_eq!(max_abs(&(&yp - &yu)?), 0.0, "{span:?}");
+            let gp = (&yp * &w)?.sum_all()?.backward()?;
+            let gu = (&yu * &w)?.sum_all()?.backward()?;
+            let (a, r) = (gp.get(&qkv).unwrap(), gu.get(&qkv).unwrap());
+            assert_eq!(max_abs(&(a - r)?), 0.0, "{span:?}");
+            assert!(max_abs(a) > 0.0);
+        }
+        let wrong = Tensor::zeros((2, b, h, l, d), DType::F32, &dev)?;
+        assert!(flash_attention_packed(&wrong, Span::Full, None, opts(d)).is_err());
         Ok(())
     }
 
