@@ -275,7 +275,8 @@ impl Lora {
             None => x2.clone(),
         };
         let (a, b) = (self.a.as_tensor().detach(), self.b.as_tensor().detach());
-        let lora = (h.matmul(&a.t()?)?.matmul(&b.t()?)? * self.scale)?;
+        // The scale goes on the rank-sized product, not on the output-sized one.
+        let lora = (h.matmul(&a.t()?)? * self.scale)?.matmul(&b.t()?)?;
         let y = (crate::frozen::base_value(&x2, base)? + lora)?.reshape(out_dims)?;
         let op = LoraLinear {
             value: Mutex::new(Some(y)),
@@ -387,7 +388,7 @@ impl candle_core::CustomOp3 for LoraLinear {
         let db = (g2.t()?.matmul(&h.matmul(&a.t()?)?)? * self.scale)?;
         // An untracked input (frozen embeddings feeding layer 0) needs no gradient.
         let dx = if x.track_op() {
-            let lora = (gb.matmul(&a)? * self.scale)?;
+            let lora = (gb.clone() * self.scale)?.matmul(&a)?;
             let lora = match &self.mask {
                 Some(m) => lora.mul(m)?,
                 None => lora,

@@ -1094,7 +1094,9 @@ mod tests {
         let (b, h, l, d) = (2, 3, 70, 16);
         let qkv = Var::randn(0f32, 1.5, (3, b, h, l, d), &dev)?;
         let pad = key_padding(&Tensor::from_vec(
-            (0..b * l).map(|i| f32::from(u8::from(i % l < [70, 41][i / l]))).collect(),
+            (0..b * l)
+                .map(|i| f32::from(u8::from(i % l < [70, 41][i / l])))
+                .collect(),
             (b, l),
             &dev,
         )?)?;
