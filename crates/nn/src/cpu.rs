@@ -51,8 +51,64 @@ pub fn to_vec<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
 /// `(row stride, column stride)` (`dst` with column stride 1), checked to stay inside their
 /// slices.
 pub(crate) fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     (dst, dst_rs, accumulate): (&mut [f32], usize, bool),
+    lhs: (&[f32], (usize, usize)),
+    rhs: (&[f32], (usize, usize)),
+    alpha: f32,
+    threads: gemm::Parallelism,
+) {
+    // SAFETY: `dst` is an initialised, exclusively borrowed slice of `dst.len()` values.
+    unsafe {
+        gemm_raw(
+            mnk,
+            (dst.as_mut_ptr(), dst.len(), dst_rs, accumulate),
+            lhs,
+            rhs,
+            alpha,
+            threads,
+        )
+    }
+}
+
+/// A new row-major `m × n` matrix `alpha·lhs·rhs` (operands as in [`gemm_f32`]), written by
+/// gemm directly into fresh memory, without zero-filling it first (that fill was ~2% of an
+/// encoder step).
+pub(crate) fn gemm_f32_new(
+    (m, n, k): (usize, usize, usize),
+    lhs: (&[f32], (usize, usize)),
+    rhs: (&[f32], (usize, usize)),
+    alpha: f32,
+    threads: gemm::Parallelism,
+) -> Vec<f32> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the capacity holds m · n values; with `accumulate` false gemm writes every one
+    // of them without reading it, so all are initialised before `set_len`.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            (out.as_mut_ptr(), m * n, n, false),
+            lhs,
+            rhs,
+            alpha,
+            threads,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// [`gemm_f32`] on a destination pointer.
+///
+/// # Safety
+/// `dst` points to `dst_len` writable values that nothing else accesses during the call; with
+/// `accumulate` they must be initialised.
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_len, dst_rs, accumulate): (*mut f32, usize, usize, bool),
     (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
     (rhs, (rhs_rs, rhs_cs)): (&[f32], (usize, usize)),
     alpha: f32,
@@ -65,19 +121,19 @@ pub(crate) fn gemm_f32(
         (rows - 1) * rs + (cols - 1) * cs < len
     };
     assert!(
-        fits(dst.len(), m, n, dst_rs, 1)
+        fits(dst_len, m, n, dst_rs, 1)
             && fits(lhs.len(), m, k, lhs_rs, lhs_cs)
             && fits(rhs.len(), k, n, rhs_rs, rhs_cs),
         "gemm operand out of bounds"
     );
-    // SAFETY: the assertion above keeps every addressed element inside its slice, and `dst`
-    // is borrowed mutably, so it does not alias the inputs.
+    // SAFETY: the assertion above keeps every addressed element inside its buffer, and the
+    // caller guarantees `dst` is not aliased.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,

@@ -101,16 +101,13 @@ fn product(
     lhs: (&[f32], usize, usize),
     rhs: (&[f32], usize, usize),
 ) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    crate::cpu::gemm_f32(
+    crate::cpu::gemm_f32_new(
         (m, n, k),
-        (&mut out, n, false),
         (lhs.0, (lhs.1, lhs.2)),
         (rhs.0, (rhs.1, rhs.2)),
         1.0,
         gemm::Parallelism::Rayon(rayon::current_num_threads()),
-    );
-    out
+    )
 }
 
 #[cfg(test)]

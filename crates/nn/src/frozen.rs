@@ -228,16 +228,13 @@ pub(crate) fn dense_cpu_values(x: &Tensor, w: &Tensor) -> Result<Option<Vec<f32>
     Ok(cpu::with_slice::<f32, _>(&x, |xs| {
         cpu::with_slice::<f32, _>(&w.detach(), |ws| {
             if rows >= ROW_MAJOR_FROM {
-                let mut y = vec![0f32; rows * out_dim];
-                cpu::gemm_f32(
+                return cpu::gemm_f32_new(
                     (rows, out_dim, in_dim),
-                    (&mut y, out_dim, false),
                     (xs, (in_dim, 1)),
                     (ws, (1, in_dim)),
                     1.0,
                     gemm::Parallelism::Rayon(rayon::current_num_threads()),
                 );
-                return y;
             }
             let mut yt: Vec<f32> = Vec::with_capacity(rows * out_dim);
             let dst = yt.spare_capacity_mut().as_mut_ptr() as *mut f32;

@@ -66,22 +66,28 @@ fn dz_times_w(dz: &[f32], rows: usize, w: &[f32], hidden: usize, dx: &mut [f32])
     let vocab = dz.len() / rows.max(1);
     let half = vocab / 2;
     let threads = (rayon::current_num_threads() / 2).max(1);
-    let product = |dst: &mut [f32], v0: usize, v1: usize| {
-        crate::cpu::gemm_f32(
-            (rows, hidden, v1 - v0),
-            (dst, hidden, false),
+    let operands = |v0: usize| {
+        (
             (&dz[v0 * rows..], (1, rows)),
             (&w[v0 * hidden..], (hidden, 1)),
-            1.0,
-            gemm::Parallelism::Rayon(threads),
-        );
+        )
+    };
+    let par = gemm::Parallelism::Rayon(threads);
+    let lower = |dx: &mut [f32], v1: usize| {
+        let (lhs, rhs) = operands(0);
+        crate::cpu::gemm_f32((rows, hidden, v1), (dx, hidden, false), lhs, rhs, 1.0, par);
     };
     if half == 0 {
-        product(dx, 0, vocab);
+        lower(dx, vocab);
         return;
     }
-    let mut upper = vec![0f32; dx.len()];
-    rayon::join(|| product(dx, 0, half), || product(&mut upper, half, vocab));
+    let (_, upper) = rayon::join(
+        || lower(dx, half),
+        || {
+            let (lhs, rhs) = operands(half);
+            crate::cpu::gemm_f32_new((rows, hidden, vocab - half), lhs, rhs, 1.0, par)
+        },
+    );
     for (d, u) in dx.iter_mut().zip(&upper) {
         *d += u;
     }
