@@ -1,7 +1,7 @@
 //! Direct access to the buffers of CPU tensors, for the fused kernels that candle's op-by-op
 //! API would make allocate (dequantisation, the optimiser, the loss).
 
-use candle_core::{Result, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, WithDType};
 
 /// Runs `f` on the elements of `t` when it lives on the CPU (`None` on other devices).
 /// Non-contiguous tensors are made contiguous first (one copy).
@@ -40,6 +40,22 @@ pub fn with_f32_slices<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Res
         slices.push(&data[start..start + layout.shape().elem_count()]);
     }
     Ok(Some(f(&slices)))
+}
+
+/// The f32 data of a contiguous CPU tensor, as custom ops receive it; `op` names the op in the
+/// errors.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only");
+    };
+    Ok(&data[start..end])
 }
 
 /// The elements of `t` as a `Vec` (any device), without going through a rank-specific getter.

@@ -13,6 +13,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::cpu::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 
 /// Independent accumulators per row loop: a single float accumulator is a serial dependency the
@@ -92,17 +93,6 @@ fn map_rows(
     // SAFETY: the chunks cover all `rows · out_dim` elements and `f` writes each of them.
     unsafe { out.set_len(rows * out_dim) };
     out
-}
-
-/// The f32 data of a contiguous CPU tensor.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: f32 only");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: contiguous input only");
-    };
-    Ok(&data[start..end])
 }
 
 fn fast_path(x: &Tensor) -> bool {

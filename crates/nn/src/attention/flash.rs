@@ -254,13 +254,7 @@ impl Geom {
 }
 
 fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("flash attention: f32 only");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("flash attention: contiguous inputs only");
-    };
-    Ok(&data[start..end])
+    crate::cpu::contiguous_f32(storage, layout, "flash attention")
 }
 
 fn storage_f32<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {

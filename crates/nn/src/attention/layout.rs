@@ -17,7 +17,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::with_f32_slices;
+use crate::cpu::{contiguous_f32, with_f32_slices};
 
 /// cos and sin rows for [`split_heads`]: `rows` tables of `(L, d)`, one per batch row, or one
 /// shared by the batch.
@@ -146,19 +146,8 @@ struct MergeHeads {
     dims: Dims,
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what}: f32 only");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what}: contiguous input only");
-    };
-    Ok(&data[start..end])
-}
-
-/// Rows side → heads side: one task per `(part, batch, head)` block of `L·d` values.
-/// `rope` rotates the first `rotated` parts (`sign` +1) or applies the inverse rotation
-/// (`sign` -1, for gradients).
+/// Rows side → heads side: one task per `(part, batch, head)` block of `L·d` values, the
+/// first `rotated` parts rotated by `rope`.
 fn to_heads(x: &[f32], g: Dims, rotated: usize, rope: Option<&RopeRows>) -> Vec<f32> {
     let (l, d, row) = (g.l, g.d, g.row());
     let half = d / 2;
