@@ -15,7 +15,9 @@
 //! - [`lora`]: LoRA adapters, the load-time plan that puts them on models, PEFT files, merging.
 //! - [`norm`]: RMSNorm (plain and Gemma's `1 + w`) and LayerNorm with optional bias.
 //! - [`rope`]: rotary embeddings with default, linear, llama3 and YaRN frequency scaling.
-//! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders.
+//! - [`attention`]: scaled dot-product attention with GQA, soft-capping and mask builders; the
+//!   memory-efficient kernel with its own backward (`flash`), and the head layout changes around
+//!   it, rope included, as single passes (`layout`).
 //! - [`fused`]: fused CPU kernels with backward passes (softmax, LayerNorm, GeGLU).
 //! - [`checkpoint`]: gradient checkpointing of blocks (recompute in the backward pass).
 //! - [`dropout`]: dropout with masks that a checkpointed block replays.

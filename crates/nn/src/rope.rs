@@ -2,7 +2,9 @@
 //! the head dimension form the pairs), with the frequency scalings our checkpoints use.
 //! Tables are computed in f32 from position ids, so left-padded batches and KV-cached decoding
 //! use the same code; rotation is built from differentiable ops (candle's fused `rope` has no
-//! backward and silently zeroes Q/K gradients).
+//! backward and silently zeroes Q/K gradients). On the CPU in f32 the models rotate inside
+//! `attention::layout::split_heads` instead: the same arithmetic in one pass, with its own
+//! backward.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 use serde::Deserialize;
