@@ -5,7 +5,8 @@
 //! the layouts of `frozen::xwt_colmajor` are chosen from.
 //!
 //! `--rows` and `--k` change the token count (256) and the input width (2048); the last line
-//! per shape times `dense::matmul_t`, which picks its layout by the number of rows.
+//! per shape times the whole column-major path (both transposes included) and
+//! `dense::matmul_t`, which picks its layout by the number of rows.
 //!
 //! RAYON_NUM_THREADS=2 cargo run --release -p clinstruct-nn --example gemm_shapes [--rows 1024 --k 1024]
 
@@ -93,6 +94,7 @@ fn main() {
         let mut c = vec![0f32; m * n];
         let fl = 2.0 * (m * n * k) as f64 / 1e9;
         let (mi, ni, ki) = (m as isize, n as isize, k as isize);
+        let mut colmajor_gemm = 0.0;
         for (name, par) in [
             ("1t", gemm::Parallelism::None),
             ("2t", gemm::Parallelism::Rayon(2)),
@@ -105,6 +107,7 @@ fn main() {
             let t2 = time((n, m, k), &mut c, (1, mi), &w, (1, ki), &x, (ki, 1), par);
             // Row-major destination.
             let t3 = time((m, n, k), &mut c, (1, ni), &x, (1, ki), &w, (ki, 1), par);
+            colmajor_gemm = t4;
             println!(
                 "n={n} {name}: colmaj {:.0}  x colmaj too {:.0}  W-as-lhs {:.0}  rowmaj {:.0} GFLOP/s",
                 fl / t1,
@@ -114,8 +117,15 @@ fn main() {
             );
         }
         if rayon::current_num_threads() > 1 {
+            // The whole column-major path: `x` transposed in, the product transposed back.
+            let transposes = best(5, || {
+                clinstruct_nn::frozen::transpose(&x, m, k);
+            }) + best(5, || {
+                clinstruct_nn::frozen::transpose(&c, n, m);
+            });
             println!(
-                "n={n} dense::matmul_t: {:.0} GFLOP/s",
+                "n={n} column-major path incl. transposes {:.0}  dense::matmul_t {:.0} GFLOP/s",
+                fl / (colmajor_gemm + transposes),
                 fl / time_matmul_t(m, n, k)
             );
         }

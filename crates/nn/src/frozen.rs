@@ -206,11 +206,12 @@ fn dense_cpu(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         .transpose()
 }
 
-/// Rows from which [`dense_cpu_values`] runs gemm on the row-major operands as they are: the
-/// column-major path ([`xwt_colmajor`]) wins at 256 rows but its two transposes cost more
-/// than they save from 512 on (2 threads, Llama-1B and ModernBERT-large shapes: 512 rows
-/// 204–273 against 164–252 GFLOP/s, 1024 rows 266–300 against 186–240;
-/// `examples/gemm_shapes.rs --rows N`).
+/// Rows from which [`dense_cpu_values`] runs gemm on the row-major operands as they are. The
+/// column-major path ([`xwt_colmajor`]) wins at 256 rows; from 512 on its two transposes eat
+/// what it gains (`examples/gemm_shapes.rs --rows N --k 1024`, 2 threads, last line per shape:
+/// the two within noise of each other at 512–1,024 rows). In the ModernBERT-large step at
+/// 1,024 tokens the forward took 0.250–0.254 s row-major against 0.265–0.292 s column-major
+/// (3 alternating runs each, `crates/train/examples/encoder_step.rs`).
 const ROW_MAJOR_FROM: usize = 512;
 
 /// The values of `x (rows, in) · Wᵀ` on the CPU in f32 (row-major), `None` for other devices
@@ -330,7 +331,7 @@ pub(crate) unsafe fn xt_wt_colmajor(
 /// as 16 row pieces and written as 16 whole 64-byte lines. (Scattering single elements with
 /// a stride of `r` floats put every write of a tile in the same cache set when `r` is a power
 /// of two: the `(8192, 256)` → `(256, 8192)` transpose of an MLP output took 5-10 ms.)
-pub(crate) fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
+pub fn transpose(src: &[f32], r: usize, c: usize) -> Vec<f32> {
     use rayon::prelude::*;
     const T: usize = 16;
     assert_eq!(
