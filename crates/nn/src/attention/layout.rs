@@ -12,19 +12,18 @@
 //! rotation, each again in the backward: serial time that the two-thread LoRA step spent
 //! with one core idle. CPU f32 only; both answer `None` elsewhere and the caller composes.
 
-use std::sync::Arc;
-
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, with_f32_slices};
 
 /// cos and sin rows for [`split_heads`]: `rows` tables of `(L, d)`, one per batch row, or one
-/// shared by the batch.
+/// shared by the batch. Holds the table tensors themselves (the kernels read their buffers),
+/// so building one per layer copies nothing.
 #[derive(Debug, Clone)]
 pub struct RopeRows {
-    cos: Arc<[f32]>,
-    sin: Arc<[f32]>,
+    cos: Tensor,
+    sin: Tensor,
     rows: usize,
     len: usize,
     dim: usize,
@@ -42,20 +41,54 @@ impl RopeRows {
             [len, dim] => (1, len, dim),
             ref other => candle_core::bail!("rope tables: expected (b, 1, L, d), got {other:?}"),
         };
-        with_f32_slices(&[cos, sin], |t| RopeRows {
-            cos: t[0].into(),
-            sin: t[1].into(),
+        let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+        if !cpu_f32(cos) || !cpu_f32(sin) {
+            return Ok(None);
+        }
+        Ok(Some(RopeRows {
+            cos: cos.contiguous()?,
+            sin: sin.contiguous()?,
             rows,
             len,
             dim,
-        })
+        }))
     }
 
+    /// Runs `f` on the tables' values (`None` without tables).
+    fn read<R>(rope: Option<&RopeRows>, f: impl FnOnce(Option<&Tables>) -> R) -> Result<R> {
+        let Some(r) = rope else {
+            return Ok(f(None));
+        };
+        with_f32_slices(&[&r.cos, &r.sin], |t| {
+            f(Some(&Tables {
+                cos: t[0],
+                sin: t[1],
+                shared: r.rows == 1,
+                n: r.len * r.dim,
+            }))
+        })?
+        .ok_or_else(|| candle_core::Error::msg("rope tables: not on the CPU"))
+    }
+}
+
+/// The values of a [`RopeRows`] while a kernel runs.
+struct Tables<'a> {
+    cos: &'a [f32],
+    sin: &'a [f32],
+    /// One table for the whole batch.
+    shared: bool,
+    /// Values per table, `L·d`.
+    n: usize,
+}
+
+impl Tables<'_> {
     /// The tables `(L·d)` of batch row `bi`.
     fn of(&self, bi: usize) -> (&[f32], &[f32]) {
-        let n = self.len * self.dim;
-        let r = if self.rows == 1 { 0 } else { bi };
-        (&self.cos[r * n..][..n], &self.sin[r * n..][..n])
+        let r = if self.shared { 0 } else { bi };
+        (
+            &self.cos[r * self.n..][..self.n],
+            &self.sin[r * self.n..][..self.n],
+        )
     }
 }
 
@@ -148,7 +181,7 @@ struct MergeHeads {
 
 /// Rows side → heads side: one task per `(part, batch, head)` block of `L·d` values, the
 /// first `rotated` parts rotated by `rope`.
-fn to_heads(x: &[f32], g: Dims, rotated: usize, rope: Option<&RopeRows>) -> Vec<f32> {
+fn to_heads(x: &[f32], g: Dims, rotated: usize, rope: Option<&Tables>) -> Vec<f32> {
     let (l, d, row) = (g.l, g.d, g.row());
     let half = d / 2;
     let mut out = vec![0f32; x.len()];
@@ -182,7 +215,7 @@ fn to_heads(x: &[f32], g: Dims, rotated: usize, rope: Option<&RopeRows>) -> Vec<
 /// Heads side → rows side: one task per `(batch, position)` row. With `rope`, the first
 /// `rotated` parts get the transposed rotation `g·cos + rotate_halfᵀ(g·sin)`,
 /// `rotate_halfᵀ([z1, z2]) = [z2, -z1]` (the gradient of [`to_heads`]' rotation).
-fn to_rows(y: &[f32], g: Dims, rotated: usize, rope: Option<&RopeRows>) -> Vec<f32> {
+fn to_rows(y: &[f32], g: Dims, rotated: usize, rope: Option<&Tables>) -> Vec<f32> {
     let (l, d, row) = (g.l, g.d, g.row());
     let half = d / 2;
     let mut out = vec![0f32; y.len()];
@@ -215,7 +248,7 @@ impl CustomOp1 for SplitHeads {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, "split heads")?;
         let g = self.dims;
-        let out = to_heads(x, g, self.rotated, self.rope.as_ref());
+        let out = RopeRows::read(self.rope.as_ref(), |t| to_heads(x, g, self.rotated, t))?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((g.parts, g.b, g.h, g.l, g.d)),
@@ -225,9 +258,9 @@ impl CustomOp1 for SplitHeads {
     fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let g = self.dims;
         let dx = with_f32_slices(&[grad], |s| {
-            to_rows(s[0], g, self.rotated, self.rope.as_ref())
+            RopeRows::read(self.rope.as_ref(), |t| to_rows(s[0], g, self.rotated, t))
         })?
-        .ok_or_else(|| candle_core::Error::msg("split heads: gradient off the CPU"))?;
+        .ok_or_else(|| candle_core::Error::msg("split heads: gradient off the CPU"))??;
         Ok(Some(Tensor::from_vec(
             dx,
             (g.b, g.l, g.row()),
